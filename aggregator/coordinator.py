@@ -1,0 +1,290 @@
+"""The coordinator: fan a query out to every shard, fan the answers in before the deadline.
+
+Layering: the planner (pure) decides what to do; :func:`aggregator.dispatch.drive_shard`
+runs one shard's part of the plan; this module runs all of them against one deadline, merges
+what came back and accounts for what did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aggregator.backend import ShardBackend
+from aggregator.clock import Clock, LoopClock
+from aggregator.cluster import Cluster
+from aggregator.completeness import account
+from aggregator.deadline import Deadline, validate_budget_ms
+from aggregator.dispatch import ShardCall, ShardResult, drive_shard
+from aggregator.errors import NoShardAnswered
+from aggregator.merge import merge_top_k
+from aggregator.plan import FirstReplicaPlanner, GoodEnough, Planner, QueryPlan
+from aggregator.types import OutcomeStatus, Query, SearchResponse, ShardOutcome
+
+__all__ = ["Coordinator", "CoordinatorConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """Limits and defaults of a coordinator.
+
+    ``default_deadline_ms`` applies to queries that do not carry their own (``None``: no
+    limit). ``max_inflight_per_shard`` bounds concurrent calls to each shard across all
+    queries; a call over the bound waits for a slot, and that wait counts against its
+    deadline (overflow policy: block until the deadline). ``cancel_grace_ms`` is how long the
+    coordinator waits, after cancelling stragglers, for them to finish before it answers; a
+    straggler slower than that to honour cancellation is tracked, never awaited.
+    """
+
+    default_deadline_ms: float | None = 1000.0
+    max_inflight_per_shard: int = 64
+    grace_fraction: float = 0.1
+    cancel_grace_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate_budget_ms(self.default_deadline_ms, name="default_deadline_ms")
+        if self.max_inflight_per_shard < 1:
+            raise ValueError("max_inflight_per_shard must be >= 1")
+        if not 0 <= self.grace_fraction <= 1:
+            raise ValueError("grace_fraction must be in [0, 1]")
+        if not 0 <= self.cancel_grace_ms <= 1000:
+            raise ValueError("cancel_grace_ms must be in [0, 1000]")
+
+
+class _FanIn:
+    """Counts answers as they land and opens the gate when the wait should end.
+
+    The gate opens when every dispatched shard has finished, or, in good-enough mode, a
+    grace period after the coverage target was reached.
+    """
+
+    __slots__ = (
+        "_docs_ok",
+        "_docs_target",
+        "_good_enough",
+        "_grace_handle",
+        "_loop",
+        "_pending",
+        "cut_by_grace",
+        "deadline",
+        "gate",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pending: int,
+        deadline: Deadline,
+        good_enough: GoodEnough | None,
+        docs_total: int,
+    ) -> None:
+        self._loop = loop
+        self._pending = pending
+        self._docs_ok = 0
+        self._good_enough = good_enough
+        self._docs_target = (
+            math.inf if good_enough is None else good_enough.min_coverage * docs_total
+        )
+        self._grace_handle: asyncio.TimerHandle | None = None
+        self.cut_by_grace = False
+        self.deadline = deadline
+        self.gate: asyncio.Future[None] = loop.create_future()
+        if pending == 0:
+            self.gate.set_result(None)
+
+    def on_done(self, task: asyncio.Task[ShardResult]) -> None:
+        self._pending -= 1
+        if not task.cancelled() and task.exception() is None:
+            result = task.result()
+            if result.outcome.status is OutcomeStatus.OK:
+                self._docs_ok += result.outcome.docs
+        if self._pending == 0:
+            self._open()
+        elif self._grace_handle is None and self._docs_ok >= self._docs_target:
+            assert self._good_enough is not None
+            # Vespa's adaptive coverage: enough of the corpus has answered, so the rest get
+            # only a fraction of what is left of the budget instead of all of it.
+            now = self._loop.time()
+            remaining_s = self.deadline.remaining_s(now)
+            if math.isinf(remaining_s):
+                grace_s = 0.0
+            else:
+                grace_s = self._good_enough.grace_fraction * remaining_s
+            self._grace_handle = self._loop.call_at(now + grace_s, self._cut)
+
+    def _cut(self) -> None:
+        if not self.gate.done():
+            self.cut_by_grace = True
+        self._open()
+
+    def _open(self) -> None:
+        if not self.gate.done():
+            self.gate.set_result(None)
+
+    def close(self) -> None:
+        if self._grace_handle is not None:
+            self._grace_handle.cancel()
+        if not self.gate.done():
+            self.gate.cancel()
+
+
+class Coordinator:
+    """Answers queries over a cluster within each query's deadline.
+
+    One task per shard; the coordinator waits with :func:`asyncio.wait` until every shard
+    answered or the budget ran out, cancels the stragglers, merges what came back into one
+    top-k and reports how complete it is. No task outlives the query: stragglers are cancelled
+    and, if slow to honour that, tracked in :attr:`lingering_tasks` until they end.
+    """
+
+    def __init__(
+        self,
+        shards: Cluster | Sequence[ShardBackend],
+        *,
+        config: CoordinatorConfig | None = None,
+        planner: Planner | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.cluster = shards if isinstance(shards, Cluster) else Cluster.of(shards)
+        self.config = config or CoordinatorConfig()
+        self.planner: Planner = planner or FirstReplicaPlanner(self.config.grace_fraction)
+        self.clock: Clock = clock or LoopClock()
+        self._limits = {
+            s.name: asyncio.Semaphore(self.config.max_inflight_per_shard)
+            for s in self.cluster.shards
+        }
+        self._docs_by_shard = [s.doc_count for s in self.cluster.shards]
+        self._lingering: set[asyncio.Task[ShardResult]] = set()
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def lingering_tasks(self) -> int:
+        """Cancelled shard calls that have not finished unwinding yet."""
+        return len(self._lingering)
+
+    def deadline_for(self, query: Query, now_s: float | None = None) -> Deadline:
+        """The deadline a query gets if it starts at ``now_s`` (default: now)."""
+        start = self.clock.now_s() if now_s is None else now_s
+        budget = query.deadline_ms if query.deadline_ms is not None else None
+        if budget is None:
+            budget = self.config.default_deadline_ms
+        return Deadline.after(start, budget)
+
+    def plan(self, query: Query, deadline: Deadline | None = None) -> QueryPlan:
+        """The plan for ``query``: which shards, which replicas, when to give up."""
+        now = self.clock.now_s()
+        return self.planner.plan(
+            query, deadline or self.deadline_for(query, now), self.cluster, now
+        )
+
+    async def search(self, query: Query, deadline: Deadline | None = None) -> SearchResponse:
+        """Answer ``query`` by its deadline.
+
+        ``deadline`` overrides the one derived from the query (e.g. a server that started the
+        clock when the request arrived). Raises :class:`NoShardAnswered` when no shard
+        answered; per-shard failures are reported in the response, never raised.
+        """
+        return await self.execute(self.plan(query, deadline))
+
+    async def execute(self, plan: QueryPlan) -> SearchResponse:
+        """Drive ``plan`` to a response."""
+        loop = asyncio.get_running_loop()
+        deadline = plan.deadline
+        shards = self.cluster.shards
+        by_name = {s.name: s for s in shards}
+        calls: list[ShardCall | None] = []
+        outcomes: list[ShardOutcome | None] = []
+        tasks: list[asyncio.Task[ShardResult] | None] = []
+        for shard_plan in plan.shards:
+            shard = by_name[shard_plan.shard]
+            if shard_plan.skip_reason is not None:
+                calls.append(None)
+                tasks.append(None)
+                outcomes.append(
+                    ShardOutcome(
+                        shard.name,
+                        OutcomeStatus.SKIPPED,
+                        0.0,
+                        docs=shard.doc_count,
+                        reason=shard_plan.skip_reason,
+                    )
+                )
+                continue
+            call = ShardCall(shard, shard_plan, plan.query, deadline, self.clock)
+            calls.append(call)
+            outcomes.append(None)
+            tasks.append(loop.create_task(drive_shard(call, self._limits[shard.name])))
+
+        live = [t for t in tasks if t is not None]
+        fan_in = _FanIn(loop, len(live), deadline, plan.good_enough, self.cluster.doc_count)
+        for task in live:
+            task.add_done_callback(fan_in.on_done)
+        try:
+            if live and not fan_in.gate.done():
+                remaining_s = deadline.remaining_s(self.clock.now_s())
+                timeout_s = None if math.isinf(remaining_s) else remaining_s
+                await asyncio.wait((fan_in.gate,), timeout=timeout_s)
+        finally:
+            fan_in.close()
+            stragglers = [t for t in live if not t.done()]
+            for task in stragglers:
+                task.cancel()
+            # Give well-behaved stragglers their one loop turn to unwind, so the common case
+            # leaves nothing behind; anything slower is tracked, not awaited.
+            if stragglers:
+                await self._reap(stragglers)
+
+        now = self.clock.now_s()
+        hit_lists = []
+        for i, maybe_task in enumerate(tasks):
+            maybe_call = calls[i]
+            if maybe_task is None or maybe_call is None:
+                continue
+            if maybe_task.done() and not maybe_task.cancelled() and maybe_task.exception() is None:
+                result = maybe_task.result()
+                outcomes[i] = result.outcome
+                hit_lists.append(result.hits)
+            else:
+                outcomes[i] = maybe_call.given_up(now, cut_by_grace=fan_in.cut_by_grace)
+        final = [o for o in outcomes if o is not None]
+        completeness = account(final, self._docs_by_shard)
+        if completeness.shards_ok == 0:
+            raise NoShardAnswered(_describe_failure(final), final)
+        hits = merge_top_k(hit_lists, plan.query.k)
+        return SearchResponse(
+            hits=tuple(hits),
+            completeness=completeness,
+            shards=tuple(final),
+            took_ms=deadline.elapsed_ms(now),
+            deadline_ms=deadline.budget_ms,
+        )
+
+    async def aclose(self, timeout_s: float = 1.0) -> int:
+        """Wait up to ``timeout_s`` for lingering stragglers; return how many still linger."""
+        if self._lingering:
+            await asyncio.wait(set(self._lingering), timeout=timeout_s)
+        return len(self._lingering)
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _reap(self, stragglers: list[asyncio.Task[ShardResult]]) -> None:
+        try:
+            await asyncio.wait(stragglers, timeout=self.config.cancel_grace_ms / 1000.0)
+        finally:
+            for task in stragglers:
+                if not task.done():
+                    self._lingering.add(task)
+                    task.add_done_callback(self._lingering.discard)
+
+
+def _describe_failure(outcomes: Sequence[ShardOutcome]) -> str:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    first = next((o for o in outcomes if o.reason), None)
+    detail = f"; first reason: {first.shard}: {first.reason}" if first else ""
+    return f"no shard answered ({summary}){detail}"

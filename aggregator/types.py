@@ -1,0 +1,156 @@
+"""The immutable values a query passes through: query, hits, replies, outcomes, completeness.
+
+Everything here is a frozen, slotted dataclass validated on construction, so a value that
+exists is a value that makes sense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aggregator.deadline import validate_budget_ms
+from aggregator.errors import InvalidQuery
+
+__all__ = [
+    "MAX_K",
+    "MAX_QUERY_CHARS",
+    "Completeness",
+    "Hit",
+    "OutcomeStatus",
+    "Query",
+    "SearchResponse",
+    "ShardOutcome",
+    "ShardReply",
+]
+
+#: Largest ``k`` a query may ask for.
+MAX_K = 1000
+#: Longest query text accepted, in characters.
+MAX_QUERY_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What the user asked: text, how many hits, and the end-to-end budget.
+
+    ``deadline_ms`` is the whole budget in milliseconds (``None``: no limit).
+    ``min_coverage`` (0 < c <= 1) turns on "good enough" answers: once that share of the
+    documents has been searched, the coordinator waits only a grace fraction of the remaining
+    budget for the rest.
+    """
+
+    text: str
+    k: int = 10
+    deadline_ms: float | None = None
+    min_coverage: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise InvalidQuery(f"query text must be a string, got {type(self.text).__name__}")
+        if not self.text.strip():
+            raise InvalidQuery("query text must not be empty")
+        if len(self.text) > MAX_QUERY_CHARS:
+            raise InvalidQuery(f"query text is longer than {MAX_QUERY_CHARS} characters")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
+            raise InvalidQuery(f"k must be an integer in 1..{MAX_K}, got {self.k!r}")
+        validate_budget_ms(self.deadline_ms)
+        if self.min_coverage is not None:
+            c = self.min_coverage
+            if isinstance(c, bool) or not isinstance(c, int | float) or not 0 < c <= 1:
+                raise InvalidQuery(f"min_coverage must be in (0, 1], got {c!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One ranked document: its id, score, the shard that found it and optional title."""
+
+    doc_id: str
+    score: float
+    shard: str
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReply:
+    """What one shard returned: its hits (best first), its document count and its own time."""
+
+    shard: str
+    docs: int
+    hits: tuple[Hit, ...]
+    took_ms: float = 0.0
+
+
+class OutcomeStatus(StrEnum):
+    """How one shard's part of a query ended."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOutcome:
+    """One shard's part of a query, as reported to the user.
+
+    ``latency_ms`` runs from dispatch to the answer (or to the moment it was given up);
+    ``hits`` is how many hits the shard returned; ``docs`` its document count;
+    ``replica`` names the replica that answered, ``hedged`` tells whether a second copy was
+    sent and ``attempts`` how many requests were made in all.
+    """
+
+    shard: str
+    status: OutcomeStatus
+    latency_ms: float
+    hits: int = 0
+    docs: int = 0
+    reason: str | None = None
+    replica: str | None = None
+    hedged: bool = False
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """How complete an answer is, in shards and in documents.
+
+    ``shards_failed`` counts ``error`` and ``rejected`` outcomes; every shard is in exactly
+    one of ok / timed out / failed / skipped, so the counts always add up to ``shards_total``.
+    ``coverage`` is ``docs_searched / docs_total`` (1.0 for an empty cluster that answered).
+    """
+
+    shards_total: int
+    shards_ok: int
+    shards_timed_out: int
+    shards_failed: int
+    shards_skipped: int
+    docs_total: int
+    docs_searched: int
+    coverage: float
+    partial: bool
+
+    def __post_init__(self) -> None:
+        parts = self.shards_ok + self.shards_timed_out + self.shards_failed + self.shards_skipped
+        if parts != self.shards_total:
+            raise ValueError(f"shard counts add up to {parts}, not {self.shards_total}")
+        if not 0.0 <= self.coverage <= 1.0 or math.isnan(self.coverage):
+            raise ValueError(f"coverage must be in [0, 1], got {self.coverage!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResponse:
+    """The answer: merged hits, how complete they are, every shard's outcome, and timings."""
+
+    hits: tuple[Hit, ...]
+    completeness: Completeness
+    shards: tuple[ShardOutcome, ...]
+    took_ms: float
+    deadline_ms: float | None
+
+    @property
+    def partial(self) -> bool:
+        """True when any shard did not answer."""
+        return self.completeness.partial
