@@ -11,6 +11,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aggregator.backend import ShardBackend
 from aggregator.clock import Clock, LoopClock
@@ -19,6 +20,7 @@ from aggregator.completeness import account
 from aggregator.deadline import Deadline, validate_budget_ms
 from aggregator.dispatch import ShardCall, ShardResult, drive_shard
 from aggregator.errors import NoShardAnswered
+from aggregator.feedback import DispatchFeedback, NoFeedback
 from aggregator.merge import merge_top_k
 from aggregator.plan import FirstReplicaPlanner, GoodEnough, Planner, QueryPlan
 from aggregator.types import OutcomeStatus, Query, SearchResponse, ShardOutcome
@@ -137,6 +139,10 @@ class Coordinator:
     answered or the budget ran out, cancels the stragglers, merges what came back into one
     top-k and reports how complete it is. No task outlives the query: stragglers are cancelled
     and, if slow to honour that, tracked in :attr:`lingering_tasks` until they end.
+
+    ``feedback`` is the run-time side of the tail-tolerance policy (breaker admission, hedge
+    and retry budget, latency observations); by default the planner itself if it implements
+    :class:`~aggregator.feedback.DispatchFeedback`, else none.
     """
 
     def __init__(
@@ -146,24 +152,29 @@ class Coordinator:
         config: CoordinatorConfig | None = None,
         planner: Planner | None = None,
         clock: Clock | None = None,
+        feedback: DispatchFeedback | None = None,
     ) -> None:
         self.cluster = shards if isinstance(shards, Cluster) else Cluster.of(shards)
         self.config = config or CoordinatorConfig()
         self.planner: Planner = planner or FirstReplicaPlanner(self.config.grace_fraction)
         self.clock: Clock = clock or LoopClock()
+        if feedback is None:
+            feedback = self.planner if isinstance(self.planner, DispatchFeedback) else NoFeedback()
+        self.feedback: DispatchFeedback = feedback
         self._limits = {
             s.name: asyncio.Semaphore(self.config.max_inflight_per_shard)
             for s in self.cluster.shards
         }
         self._docs_by_shard = [s.doc_count for s in self.cluster.shards]
-        self._lingering: set[asyncio.Task[ShardResult]] = set()
+        # Shard calls and replica requests cancelled but still unwinding.
+        self._lingering: set[asyncio.Task[Any]] = set()
 
     # -- public API -------------------------------------------------------------------------
 
     @property
     def lingering_tasks(self) -> int:
-        """Cancelled shard calls that have not finished unwinding yet."""
-        return len(self._lingering)
+        """Cancelled shard calls and replica requests that have not finished unwinding yet."""
+        return sum(1 for task in self._lingering if not task.done())
 
     def deadline_for(self, query: Query, now_s: float | None = None) -> Deadline:
         """The deadline a query gets if it starts at ``now_s`` (default: now)."""
@@ -213,7 +224,15 @@ class Coordinator:
                     )
                 )
                 continue
-            call = ShardCall(shard, shard_plan, plan.query, deadline, self.clock)
+            call = ShardCall(
+                shard,
+                shard_plan,
+                plan.query,
+                deadline,
+                self.clock,
+                feedback=self.feedback,
+                lingering=self._lingering,
+            )
             calls.append(call)
             outcomes.append(None)
             tasks.append(loop.create_task(drive_shard(call, self._limits[shard.name])))
@@ -266,7 +285,7 @@ class Coordinator:
         """Wait up to ``timeout_s`` for lingering stragglers; return how many still linger."""
         if self._lingering:
             await asyncio.wait(set(self._lingering), timeout=timeout_s)
-        return len(self._lingering)
+        return self.lingering_tasks
 
     # -- internals --------------------------------------------------------------------------
 

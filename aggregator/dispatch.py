@@ -1,8 +1,21 @@
-"""Driving one shard's part of a query plan: call a replica, check what it returned.
+"""Driving one shard's part of a query plan: call replicas, hedge, retry, check the reply.
 
 Whatever happens here becomes a :class:`ShardResult`; only cancellation propagates. A backend
 that raises, returns the wrong type, or returns hits that are not finite-scored and
 well-formed becomes an ``error`` outcome with a reason; it never breaks the query.
+
+The tail-tolerance rules (The Tail at Scale, gRPC hedging, Finagle backup requests):
+
+- The first replica in the plan gets the primary request. If ``hedge_after_s`` passes without
+  an answer, a backup copy goes to the next replica in the plan (if the hedge budget allows);
+  each further ``hedge_after_s`` without an answer sends the next one. The first successful
+  answer wins; every other copy is cancelled.
+- A fast failure (:class:`ShardUnavailable`: refused or reset connection, 5xx) may be retried
+  on the next replica after a full-jitter backoff, only if the backoff ends before the
+  deadline and the budget allows. A timeout is never retried: the budget is spent, and a
+  retry would only add load to a shard that is already too slow.
+- A replica whose circuit is open is skipped; with none left the shard is ``skipped`` with
+  reason ``circuit_open``.
 """
 
 from __future__ import annotations
@@ -10,16 +23,29 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from aggregator.backend import ShardBackend
 from aggregator.clock import Clock
 from aggregator.cluster import Shard
 from aggregator.deadline import Deadline
-from aggregator.errors import ShardMalformedReply, ShardRejected, ShardTimeout
+from aggregator.errors import (
+    ShardError,
+    ShardMalformedReply,
+    ShardRejected,
+    ShardTimeout,
+    ShardUnavailable,
+)
+from aggregator.feedback import AttemptKind, AttemptResult, DispatchFeedback, NoFeedback
 from aggregator.plan import ShardPlan
 from aggregator.types import Hit, OutcomeStatus, Query, ShardOutcome, ShardReply
 
-__all__ = ["ShardCall", "ShardResult", "drive_shard", "validate_reply"]
+__all__ = ["CIRCUIT_OPEN", "ShardCall", "ShardResult", "drive_shard", "validate_reply"]
+
+#: Skip reason of a shard whose every replica has an open circuit breaker.
+CIRCUIT_OPEN = "circuit_open"
+
+_NO_FEEDBACK = NoFeedback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +63,9 @@ class ShardCall:
         "attempts",
         "clock",
         "deadline",
+        "feedback",
         "hedged",
+        "lingering",
         "phase",
         "plan",
         "query",
@@ -47,13 +75,26 @@ class ShardCall:
     )
 
     def __init__(
-        self, shard: Shard, plan: ShardPlan, query: Query, deadline: Deadline, clock: Clock
+        self,
+        shard: Shard,
+        plan: ShardPlan,
+        query: Query,
+        deadline: Deadline,
+        clock: Clock,
+        *,
+        feedback: DispatchFeedback | None = None,
+        lingering: set[asyncio.Task[Any]] | None = None,
     ) -> None:
+        """``feedback`` is consulted and told about every replica request (default: none);
+        ``lingering`` receives cancelled requests that have not finished unwinding when the
+        call returns (default: a set of this call's own), so they stay referenced."""
         self.shard = shard
         self.plan = plan
         self.query = query
         self.deadline = deadline
         self.clock = clock
+        self.feedback: DispatchFeedback = _NO_FEEDBACK if feedback is None else feedback
+        self.lingering: set[asyncio.Task[Any]] = set() if lingering is None else lingering
         self.started_at_s = clock.now_s()
         self.phase = "queued"
         self.replica: str | None = None
@@ -83,7 +124,7 @@ class ShardCall:
             reason=reason,
             replica=self.replica,
             hedged=self.hedged,
-            attempts=max(self.attempts, 1) if self.phase != "queued" else self.attempts,
+            attempts=self.attempts,
         )
 
     def given_up(self, now_s: float, *, cut_by_grace: bool = False) -> ShardOutcome:
@@ -136,24 +177,229 @@ def validate_reply(reply: object, shard: str) -> ShardReply:
     return reply
 
 
-async def _call_replica(call: ShardCall, index: int) -> ShardReply:
-    backend: ShardBackend = call.shard.replicas[index]
-    call.replica = _replica_label(call.shard, index)
+class _CircuitOpen(Exception):
+    """Every replica left in the plan refused admission (its circuit is open)."""
+
+
+async def _attempt(call: ShardCall, replica: int, kind: AttemptKind) -> ShardReply:
+    """One request to one replica, reported to the feedback however it ends."""
+    feedback = call.feedback
+    shard = call.shard.name
+    clock = call.clock
+    started_s = clock.now_s()
+    feedback.on_attempt_start(shard, replica, kind, started_s)
+    result = AttemptResult.ERROR
+    try:
+        backend: ShardBackend = call.shard.replicas[replica]
+        reply = validate_reply(await backend.search(call.query, call.deadline), shard)
+        result = AttemptResult.OK
+        return reply
+    except asyncio.CancelledError:
+        # Abandoned at the deadline, the replica did not answer in time: that counts against
+        # it. Abandoned earlier (another copy won, the client left): it says nothing.
+        expired = call.deadline.is_expired(clock.now_s())
+        result = AttemptResult.TIMEOUT if expired else AttemptResult.CANCELLED
+        raise
+    except ShardTimeout:
+        result = AttemptResult.TIMEOUT
+        raise
+    except ShardRejected:
+        result = AttemptResult.REJECTED
+        raise
+    finally:
+        now_s = clock.now_s()
+        feedback.on_attempt_end(shard, replica, kind, result, now_s - started_s, now_s)
+
+
+def _next_admitted(call: ShardCall, position: int) -> int | None:
+    """The first position at or after ``position`` in the plan whose replica is admitted."""
+    replicas = call.plan.replicas
+    now_s = call.clock.now_s()
+    for pos in range(position, len(replicas)):
+        if call.feedback.admit(call.shard.name, replicas[pos], now_s):
+            return pos
+    return None
+
+
+def _start(call: ShardCall, position: int) -> int:
+    """Account for a request to the replica at ``position``; return the replica index."""
+    replica = call.plan.replicas[position]
     call.attempts += 1
-    return validate_reply(await backend.search(call.query, call.deadline), call.shard.name)
+    call.replica = _replica_label(call.shard, replica)
+    return replica
+
+
+async def _wait_for_retry(call: ShardCall, position: int, retry_number: int) -> int | None:
+    """After a fast failure: back off and return the plan position to retry on, or None.
+
+    None when the plan has no replica left, the backoff would end past the deadline, or the
+    budget refuses. The backoff is slept here, so it counts against the deadline.
+    """
+    if _next_admitted(call, position) is None:
+        return None
+    shard = call.shard.name
+    now_s = call.clock.now_s()
+    backoff_s = call.feedback.retry_backoff_s(shard, retry_number)
+    if now_s + backoff_s >= call.deadline.expires_at_s:
+        return None
+    if not call.feedback.try_backup(shard, AttemptKind.RETRY, now_s):
+        return None
+    if backoff_s > 0:
+        await asyncio.sleep(backoff_s)
+    # Admission is checked again: a breaker may have opened during the backoff.
+    return _next_admitted(call, position)
+
+
+async def _drive_sequential(call: ShardCall) -> ShardReply:
+    """One request at a time: the primary, then retries after fast failures."""
+    position = _next_admitted(call, 0)
+    if position is None:
+        raise _CircuitOpen
+    kind = AttemptKind.PRIMARY
+    retries = 0
+    while True:
+        replica = _start(call, position)
+        try:
+            reply = await _attempt(call, replica, kind)
+        except ShardUnavailable:
+            retry_at = await _wait_for_retry(call, position + 1, retries + 1)
+            if retry_at is None:
+                raise
+            position, kind, retries = retry_at, AttemptKind.RETRY, retries + 1
+            continue
+        call.feedback.on_answer(call.shard.name, replica, kind, call.clock.now_s())
+        return reply
+
+
+async def _drive_hedged(call: ShardCall, hedge_after_s: float) -> ShardReply:
+    """Copies in flight at once: a backup after each ``hedge_after_s`` without an answer.
+
+    Rationale: a request still unanswered at the shard's usual p95 is probably stuck behind
+    something transient (a pause, a queue, a slow disk) on its replica; a copy on another
+    replica usually answers in the normal time. Waiting for the delay first keeps the extra
+    load to about the share of requests slower than it, and the budget caps it outright.
+    """
+    loop = asyncio.get_running_loop()
+    clock = call.clock
+    feedback = call.feedback
+    shard = call.shard.name
+    replicas = call.plan.replicas
+    # Insertion order is launch order: ties in one loop turn go to the earlier copy.
+    in_flight: dict[asyncio.Task[ShardReply], tuple[int, AttemptKind]] = {}
+
+    def launch(position: int, kind: AttemptKind) -> float:
+        replica = _start(call, position)
+        in_flight[loop.create_task(_attempt(call, replica, kind))] = (replica, kind)
+        return clock.now_s()
+
+    first = _next_admitted(call, 0)
+    if first is None:
+        raise _CircuitOpen
+    last_launch_s = launch(first, AttemptKind.PRIMARY)
+    next_position = first + 1
+    may_hedge = True
+    retries = 0
+    error: BaseException | None = None
+    try:
+        while True:
+            timeout_s: float | None = None
+            if may_hedge and next_position < len(replicas):
+                timeout_s = max(0.0, last_launch_s + hedge_after_s - clock.now_s())
+            done, _ = await asyncio.wait(
+                in_flight, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                now_s = clock.now_s()
+                position = _next_admitted(call, next_position)
+                if (
+                    position is None
+                    or call.deadline.is_expired(now_s)
+                    or not feedback.try_backup(shard, AttemptKind.HEDGE, now_s)
+                ):
+                    may_hedge = False  # refused once, refused for the rest of this call
+                    continue
+                call.hedged = True
+                last_launch_s = launch(position, AttemptKind.HEDGE)
+                next_position = position + 1
+                continue
+            for task in [t for t in in_flight if t in done]:
+                replica, kind = in_flight.pop(task)
+                if task.cancelled():  # not by us: count it as a failed copy
+                    error = error or ShardError("request to the replica was cancelled")
+                    continue
+                exc = task.exception()
+                if exc is None:
+                    call.replica = _replica_label(call.shard, replica)
+                    feedback.on_answer(shard, replica, kind, clock.now_s())
+                    await _cancel_losers(call, in_flight)
+                    return task.result()
+                error = exc
+            if in_flight:
+                continue
+            # Every copy failed. Only a fast failure is worth another try.
+            assert error is not None
+            if not isinstance(error, ShardUnavailable):
+                raise error
+            retry_at = await _wait_for_retry(call, next_position, retries + 1)
+            if retry_at is None:
+                raise error
+            retries += 1
+            last_launch_s = launch(retry_at, AttemptKind.RETRY)
+            next_position = retry_at + 1
+    finally:
+        # Reached with copies still in flight only when this call itself is cancelled (the
+        # coordinator gave up, the client left): cancel them and keep them referenced until
+        # they finish, without delaying the cancellation.
+        for task in in_flight:
+            task.cancel()
+            _track(call, task)
+
+
+async def _cancel_losers(
+    call: ShardCall, in_flight: dict[asyncio.Task[ShardReply], tuple[int, AttemptKind]]
+) -> None:
+    """Cancel the copies that lost, give them one loop turn to unwind, track the rest."""
+    losers = list(in_flight)
+    in_flight.clear()
+    if not losers:
+        return
+    for task in losers:
+        task.cancel()
+    try:
+        await asyncio.wait(losers, timeout=0)
+    finally:
+        for task in losers:
+            if not task.done():
+                _track(call, task)
+
+
+def _track(call: ShardCall, task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        call.lingering.add(task)
+        task.add_done_callback(call.lingering.discard)
 
 
 async def drive_shard(call: ShardCall, limit: asyncio.Semaphore) -> ShardResult:
     """Run one shard's part of the plan; every failure becomes an outcome.
 
-    ``limit`` bounds concurrent calls to this shard; waiting for it counts against the
-    deadline. Only :class:`asyncio.CancelledError` escapes.
+    ``limit`` bounds concurrent calls to this shard (one slot per shard call, backups
+    included); waiting for it counts against the deadline. Only
+    :class:`asyncio.CancelledError` escapes; copies still in flight when it does are
+    cancelled and left in ``call.lingering`` until they finish.
     """
     clock = call.clock
+    hedge_after_s = call.plan.hedge_after_s
     async with limit:
         call.phase = "sent"
         try:
-            reply = await _call_replica(call, call.plan.replicas[0])
+            if hedge_after_s is not None and len(call.plan.replicas) > 1:
+                reply = await _drive_hedged(call, hedge_after_s)
+            else:
+                reply = await _drive_sequential(call)
+        except _CircuitOpen:
+            return ShardResult(
+                call.outcome(OutcomeStatus.SKIPPED, clock.now_s(), reason=CIRCUIT_OPEN)
+            )
         except ShardTimeout as exc:
             return ShardResult(
                 call.outcome(OutcomeStatus.TIMEOUT, clock.now_s(), reason=str(exc) or "timeout")

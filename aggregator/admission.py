@@ -1,0 +1,464 @@
+"""Admission control: how many queries run at once, how many wait, and who goes next.
+
+Two layers, as everywhere in the project:
+
+* :class:`AdmissionQueue` is the pure policy. It reads time from an injected
+  :class:`~aggregator.clock.Clock`, never sleeps and never touches the event loop; each call
+  returns the tickets whose state it changed, so tests drive it with a
+  :class:`~aggregator.clock.ManualClock` and check decisions, not timings.
+* :class:`Admission` is the thin async adapter the HTTP service uses: it parks a waiting query
+  on a future, wakes it when the policy grants (or sheds) its ticket, and gives the slot back
+  when the query ends, including when it is cancelled.
+
+Overflow policy: at most ``max_in_flight`` queries run and at most ``max_waiting`` wait; any
+excess is shed at once with :class:`~aggregator.errors.Overloaded` (HTTP 503 + Retry-After).
+A waiting query is shed as soon as its deadline can no longer be met, so the service never
+starts work that has already timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from aggregator.clock import Clock, LoopClock
+from aggregator.deadline import Deadline
+from aggregator.errors import Overloaded
+
+__all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_WAITING",
+    "DEFAULT_MIN_BUDGET_MS",
+    "Admission",
+    "AdmissionLimits",
+    "AdmissionQueue",
+    "ShedReason",
+    "Ticket",
+    "TicketState",
+]
+
+#: Queries one aggregator process runs at once.
+#:
+#: Why 32: the aggregator's own work per query (parse the request, eight shard round trips,
+#: decode eight replies, merge, encode) is CPU on one event loop, about 1 ms on this project's
+#: 2-core machine, while the query's life is mostly spent waiting on shards (a few ms to tens
+#: of ms). Little's law sizes the limit: at ~1000 queries/s per process and 20-30 ms in flight
+#: each, about 20-30 queries are in flight at saturation, so 32 never caps a healthy process.
+#: Far above that, admitted queries would only queue for the CPU inside the loop, where no
+#: deadline can shed them and every query gets slower; at 32, the worst CPU queueing an
+#: admitted query sees is ~32 ms, inside the default budget. It also stays below the
+#: coordinator's per-shard bound (64), so admitted queries never wait on a shard slot.
+DEFAULT_MAX_IN_FLIGHT = 32
+#: Queries allowed to wait for a slot. Twice the in-flight limit: a burst of up to 2x the
+#: capacity is absorbed (each waiter waits about two query lifetimes at most, well inside the
+#: default one-second budget), anything beyond is shed at once rather than left to time out.
+DEFAULT_MAX_WAITING = 64
+#: Budget a query must still have when it would start, in milliseconds; with less, starting
+#: it is wasted work (every shard call would be cut before it could answer), so it is shed.
+DEFAULT_MIN_BUDGET_MS = 5.0
+#: Weight of the newest query's slot-holding time in the running estimate (EWMA).
+_HOLD_EWMA_ALPHA = 0.1
+
+
+class TicketState(StrEnum):
+    """Where a ticket is in its life."""
+
+    WAITING = "waiting"
+    ADMITTED = "admitted"
+    SHED = "shed"
+    RELEASED = "released"
+
+
+class ShedReason(StrEnum):
+    """Why a query was shed; the label of the ``shed`` counters."""
+
+    QUEUE_FULL = "queue_full"
+    EVICTED = "evicted"
+    DEADLINE = "deadline"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    """Bounds of admission control.
+
+    ``max_in_flight`` (>= 1) queries run at once; ``max_waiting`` (>= 0) wait for a slot;
+    ``min_budget_ms`` (>= 0) is the budget a query must still have when it gets its slot;
+    ``retry_after_s`` (> 0) is the least a shed client is told to wait before retrying.
+    """
+
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_waiting: int = DEFAULT_MAX_WAITING
+    min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
+    retry_after_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int):
+            raise ValueError(f"max_in_flight must be an integer, got {self.max_in_flight!r}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if isinstance(self.max_waiting, bool) or not isinstance(self.max_waiting, int):
+            raise ValueError(f"max_waiting must be an integer, got {self.max_waiting!r}")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if not 0 <= self.min_budget_ms < math.inf:
+            raise ValueError(f"min_budget_ms must be finite and >= 0, got {self.min_budget_ms!r}")
+        if not 0 < self.retry_after_s < math.inf:
+            raise ValueError(f"retry_after_s must be finite and > 0, got {self.retry_after_s!r}")
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One query's claim on a slot. Compared by identity.
+
+    ``start_by_s`` is the last instant at which starting the query is still worth it (its
+    deadline minus the minimum budget); ``reason`` says why a shed ticket was shed.
+    """
+
+    client: str
+    start_by_s: float
+    arrived_at_s: float
+    seq: int
+    state: TicketState = TicketState.WAITING
+    admitted_at_s: float | None = None
+    shed_reason: ShedReason | None = None
+    reason: str | None = None
+    waker: asyncio.Future[None] | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class _Client:
+    in_flight: int = 0
+    waiting: deque[Ticket] = field(default_factory=deque)
+
+
+class AdmissionQueue:
+    """The pure admission policy: slots, a bounded wait queue and fairness between clients.
+
+    Every method returns the tickets it changed other than the caller's own (so an adapter can
+    wake their owners); a ticket's :attr:`Ticket.state` says what became of it.
+
+    Fairness, and why this design: slots are never taken back from a running query (that
+    would waste its work), so fairness is enforced on who gets the *next* free slot. When a
+    slot frees, it goes to the waiting client holding the fewest slots (ties: the oldest
+    waiting ticket). A client that grabbed every slot while the service was idle therefore
+    loses one slot per finished query to the newcomers, until the slots are split evenly
+    (max-min fair share: ``max_in_flight / active clients``); meanwhile nothing is left idle
+    (work-conserving: one client alone may use every slot). The wait queue is shared, and a
+    full queue drops from its longest per-client line (longest-queue drop): a newcomer whose
+    client waits less than the heaviest client takes the heaviest client's newest place, so
+    one flooding client cannot lock the others out of the queue either. Only clients with a
+    ticket are tracked, so the bookkeeping is bounded by ``max_in_flight + max_waiting``.
+    """
+
+    __slots__ = (
+        "_clients",
+        "_hold_s_ewma",
+        "_in_flight",
+        "_seq",
+        "_waiting",
+        "admitted_total",
+        "clock",
+        "limits",
+        "shed_total",
+    )
+
+    def __init__(self, limits: AdmissionLimits | None = None, clock: Clock | None = None) -> None:
+        self.limits = limits or AdmissionLimits()
+        self.clock: Clock = clock or LoopClock()
+        self._clients: dict[str, _Client] = {}
+        self._in_flight = 0
+        self._waiting = 0
+        self._seq = 0
+        self._hold_s_ewma = 0.0
+        self.admitted_total = 0
+        self.shed_total: dict[ShedReason, int] = dict.fromkeys(ShedReason, 0)
+
+    # -- reading the state ------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Queries holding a slot."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Queries waiting for a slot."""
+        return self._waiting
+
+    def in_flight_of(self, client: str) -> int:
+        """Slots ``client`` holds."""
+        entry = self._clients.get(client)
+        return 0 if entry is None else entry.in_flight
+
+    def waiting_of(self, client: str) -> int:
+        """Tickets ``client`` has waiting."""
+        entry = self._clients.get(client)
+        return 0 if entry is None else len(entry.waiting)
+
+    @property
+    def clients(self) -> int:
+        """Clients with a running or waiting query."""
+        return len(self._clients)
+
+    def estimated_wait_s(self, position: int | None = None) -> float:
+        """Expected seconds until the ``position``-th waiter (1-based) gets a slot.
+
+        Slots free at about ``max_in_flight / hold`` per second (``hold``: running average of
+        how long a query holds its slot), so the n-th in line waits ``n * hold / max_in_flight``.
+        Defaults to the position of a new arrival. 0 while nothing has been measured.
+        """
+        n = self._waiting + 1 if position is None else position
+        return n * self._hold_s_ewma / self.limits.max_in_flight
+
+    def retry_after_s(self) -> float:
+        """Seconds a shed client should wait before retrying (at least the configured floor)."""
+        return max(self.limits.retry_after_s, self.estimated_wait_s())
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def arrive(self, client: str, deadline: Deadline) -> tuple[Ticket, list[Ticket]]:
+        """A query from ``client`` with ``deadline`` asks for a slot.
+
+        Returns its ticket (admitted, waiting or shed) and the other tickets this changed
+        (at most one, evicted from the queue to make room). Never raises for overload: the
+        caller reads the ticket's state.
+        """
+        now = self.clock.now_s()
+        start_by_s = deadline.expires_at_s - self.limits.min_budget_ms / 1000.0
+        self._seq += 1
+        ticket = Ticket(client, start_by_s, now, self._seq)
+        if now >= start_by_s:
+            self._shed(ticket, ShedReason.DEADLINE, "the query's budget is already spent")
+            return ticket, []
+        if self._in_flight < self.limits.max_in_flight and self._waiting == 0:
+            self._admit(ticket, self._client(client), now)
+            return ticket, []
+        # Shed now what would only time out in the queue: a fast 503 beats a slow one.
+        wait_s = self.estimated_wait_s()
+        if now + wait_s >= start_by_s:
+            self._shed(
+                ticket,
+                ShedReason.DEADLINE,
+                f"overloaded: a slot is expected in {wait_s * 1000:.0f} ms, "
+                "after the query's deadline",
+            )
+            return ticket, []
+        evicted: list[Ticket] = []
+        if self._waiting >= self.limits.max_waiting:
+            victim = self._longest_line_victim(client)
+            if victim is None:
+                self._shed(ticket, ShedReason.QUEUE_FULL, "overloaded: the wait queue is full")
+                return ticket, []
+            self._remove_waiting(victim)
+            self._shed(victim, ShedReason.EVICTED, "overloaded: the wait queue is full (evicted)")
+            evicted.append(victim)
+        self._client(client).waiting.append(ticket)
+        self._waiting += 1
+        return ticket, evicted
+
+    def release(self, ticket: Ticket) -> list[Ticket]:
+        """``ticket``'s query ended (or gave up its place): free what it held.
+
+        A running ticket frees its slot, which goes to the next fair waiter; a waiting ticket
+        leaves the queue. Releasing twice, or releasing a shed ticket, does nothing. Returns
+        the tickets admitted or shed as a result.
+        """
+        now = self.clock.now_s()
+        if ticket.state is TicketState.WAITING:
+            self._remove_waiting(ticket)
+            ticket.state = TicketState.RELEASED
+            return []
+        if ticket.state is not TicketState.ADMITTED:
+            return []
+        ticket.state = TicketState.RELEASED
+        self._in_flight -= 1
+        entry = self._clients[ticket.client]
+        entry.in_flight -= 1
+        self._forget_if_idle(ticket.client, entry)
+        assert ticket.admitted_at_s is not None
+        hold_s = max(0.0, now - ticket.admitted_at_s)
+        self._hold_s_ewma += _HOLD_EWMA_ALPHA * (hold_s - self._hold_s_ewma)
+        return self._grant(now)
+
+    def expire(self) -> list[Ticket]:
+        """Shed every waiting ticket whose deadline can no longer be met; return them."""
+        now = self.clock.now_s()
+        shed: list[Ticket] = []
+        for name in list(self._clients):
+            entry = self._clients[name]
+            for ticket in [t for t in entry.waiting if now >= t.start_by_s]:
+                self._remove_waiting(ticket)
+                self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+                shed.append(ticket)
+        return shed
+
+    def time_out(self, ticket: Ticket) -> None:
+        """Shed waiting ``ticket``: its owner's timer for the deadline fired.
+
+        The owner's timer, not this clock, is the authority here: timers may fire a clock
+        tick early, and a ticket left waiting with no one to wake would leak its place.
+        """
+        if ticket.state is TicketState.WAITING:
+            self._remove_waiting(ticket)
+            self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _client(self, client: str) -> _Client:
+        entry = self._clients.get(client)
+        if entry is None:
+            entry = self._clients[client] = _Client()
+        return entry
+
+    def _forget_if_idle(self, client: str, entry: _Client) -> None:
+        if entry.in_flight == 0 and not entry.waiting:
+            del self._clients[client]
+
+    def _admit(self, ticket: Ticket, entry: _Client, now: float) -> None:
+        ticket.state = TicketState.ADMITTED
+        ticket.admitted_at_s = now
+        entry.in_flight += 1
+        self._in_flight += 1
+        self.admitted_total += 1
+
+    def _shed(self, ticket: Ticket, reason: ShedReason, message: str) -> None:
+        ticket.state = TicketState.SHED
+        ticket.shed_reason = reason
+        ticket.reason = message
+        self.shed_total[reason] += 1
+
+    def _remove_waiting(self, ticket: Ticket) -> None:
+        entry = self._clients[ticket.client]
+        entry.waiting.remove(ticket)
+        self._waiting -= 1
+        self._forget_if_idle(ticket.client, entry)
+
+    def _grant(self, now: float) -> list[Ticket]:
+        # Linear scans over the waiting clients: at most max_waiting of them, and a release
+        # is rare next to the work of the query that just ended.
+        changed: list[Ticket] = []
+        while self._in_flight < self.limits.max_in_flight and self._waiting:
+            best: _Client | None = None
+            for entry in self._clients.values():
+                if not entry.waiting:
+                    continue
+                if best is None or (entry.in_flight, entry.waiting[0].seq) < (
+                    best.in_flight,
+                    best.waiting[0].seq,
+                ):
+                    best = entry
+            assert best is not None
+            ticket = best.waiting.popleft()
+            self._waiting -= 1
+            if now >= ticket.start_by_s:
+                self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+                self._forget_if_idle(ticket.client, best)
+            else:
+                self._admit(ticket, best, now)
+            changed.append(ticket)
+        return changed
+
+    def _longest_line_victim(self, client: str) -> Ticket | None:
+        own = self.waiting_of(client)
+        heaviest: _Client | None = None
+        for entry in self._clients.values():
+            if heaviest is None or (len(entry.waiting), entry.in_flight) > (
+                len(heaviest.waiting),
+                heaviest.in_flight,
+            ):
+                heaviest = entry
+        # Evict only when it makes the lines more even: after the swap the newcomer's client
+        # must still wait no more than the victim's.
+        if heaviest is None or len(heaviest.waiting) <= own + 1:
+            return None
+        return heaviest.waiting[-1]
+
+
+def _is_admitted(ticket: Ticket) -> bool:
+    return ticket.state is TicketState.ADMITTED
+
+
+_TOO_LATE = "overloaded: the query waited for a slot until its deadline could not be met"
+
+
+class Admission:
+    """The async face of :class:`AdmissionQueue`, for use inside a request handler.
+
+    ``async with admission.slot(client, deadline):`` runs the body once the query holds a
+    slot and frees it afterwards, however the body ends. Raises
+    :class:`~aggregator.errors.Overloaded` (with ``retry_after_s``) when the query is shed,
+    either at once or after waiting. Cancellation while waiting gives the place up; it is
+    never swallowed. Must be used from one event loop.
+    """
+
+    __slots__ = ("queue",)
+
+    def __init__(self, limits: AdmissionLimits | None = None, clock: Clock | None = None) -> None:
+        self.queue = AdmissionQueue(limits, clock)
+
+    @property
+    def limits(self) -> AdmissionLimits:
+        """The queue's bounds."""
+        return self.queue.limits
+
+    @asynccontextmanager
+    async def slot(self, client: str, deadline: Deadline) -> AsyncIterator[Ticket]:
+        """Hold a slot for the duration of the ``async with`` body."""
+        ticket = await self.acquire(client, deadline)
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+    async def acquire(self, client: str, deadline: Deadline) -> Ticket:
+        """Wait for a slot; return the admitted ticket, which must be :meth:`release`\\ d.
+
+        Raises :class:`Overloaded` if the query is shed.
+        """
+        queue = self.queue
+        ticket, changed = queue.arrive(client, deadline)
+        self._wake(changed)
+        if ticket.state is TicketState.ADMITTED:
+            return ticket
+        if ticket.state is TicketState.WAITING:
+            await self._wait(ticket)
+            if _is_admitted(ticket):  # _wait changed the state
+                return ticket
+        raise Overloaded(ticket.reason or "overloaded", retry_after_s=queue.retry_after_s())
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back what ``ticket`` holds and wake whoever that lets in."""
+        self._wake(self.queue.release(ticket))
+
+    async def _wait(self, ticket: Ticket) -> None:
+        loop = asyncio.get_running_loop()
+        waker: asyncio.Future[None] = loop.create_future()
+        ticket.waker = waker
+        timeout_s = ticket.start_by_s - self.queue.clock.now_s()
+        try:
+            if math.isinf(timeout_s):
+                await waker
+            else:
+                await asyncio.wait((waker,), timeout=max(0.0, timeout_s))
+        except BaseException:
+            # Cancelled while waiting (client gone): give up the place, or the slot if it
+            # was granted in the same instant, then let the cancellation through.
+            self.release(ticket)
+            raise
+        finally:
+            ticket.waker = None
+        if ticket.state is TicketState.WAITING:
+            # Woken by the timer: the deadline can no longer be met; others may be late too.
+            self.queue.time_out(ticket)
+            self._wake(self.queue.expire())
+
+    def _wake(self, tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            waker = ticket.waker
+            if waker is not None and not waker.done():
+                waker.set_result(None)

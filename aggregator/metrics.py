@@ -1,0 +1,260 @@
+"""What the service measures: Prometheus metrics, recent per-shard latencies, event-loop lag.
+
+Each service owns one :class:`ServiceMetrics` with its own ``CollectorRegistry`` (never the
+process-global one), so several apps, or several tests, in one process never share or clash
+over series. Label values are bounded: shard names come from the configuration, statuses and
+reasons from enums, HTTP codes from the handful the service sends.
+
+Exposed series (``GET /metrics``):
+
+* ``aggregator_shard_latency_seconds{shard}``: histogram of every shard call that was made
+  (answered, failed or given up at the deadline; skipped shards are not calls).
+* ``aggregator_shard_outcomes_total{shard,status}``: shard calls by outcome.
+* ``aggregator_query_latency_seconds``: histogram of answered queries, arrival to response.
+* ``aggregator_http_responses_total{code}``: responses of ``/search`` by status code.
+* ``aggregator_queries_in_flight`` / ``aggregator_queries_waiting``: admission state now.
+* ``aggregator_queries_shed_total{reason}``: queries shed by admission control.
+* ``aggregator_queries_cancelled_total``: queries abandoned by their client mid-flight.
+* ``aggregator_event_loop_lag_seconds``: how late the loop woke a timer (histogram).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from aggregator.admission import AdmissionQueue, ShedReason
+from aggregator.types import OutcomeStatus, ShardOutcome
+
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "LOOP_LAG_BUCKETS_S",
+    "RECENT_WINDOW",
+    "LoopLagMonitor",
+    "RecentLatencies",
+    "ServiceMetrics",
+]
+
+#: Bucket bounds (seconds) of the latency histograms: sub-millisecond to the longest budget.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+)  # fmt: skip
+#: Bucket bounds (seconds) of the event-loop lag histogram.
+LOOP_LAG_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+#: Latencies kept per shard for the recent percentiles of ``GET /shards``.
+RECENT_WINDOW = 1024
+#: Percentiles reported by ``GET /shards``.
+RECENT_PERCENTILES = (50.0, 90.0, 99.0)
+
+
+class RecentLatencies:
+    """The last ``window`` latencies of one shard, in a bounded ring, and their percentiles.
+
+    A ring of the most recent calls (not a time window) so the memory is fixed and a shard
+    that turned slow shows it after ``window`` calls at most.
+    """
+
+    __slots__ = ("_values_ms",)
+
+    def __init__(self, window: int = RECENT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._values_ms: deque[float] = deque(maxlen=window)
+
+    def record_ms(self, latency_ms: float) -> None:
+        """Add one latency in milliseconds, dropping the oldest when full."""
+        self._values_ms.append(latency_ms)
+
+    def __len__(self) -> int:
+        return len(self._values_ms)
+
+    def percentiles_ms(self, percentiles: Sequence[float] = RECENT_PERCENTILES) -> list[float]:
+        """The given percentiles (0..100) in ms, nearest-rank; empty list when nothing yet."""
+        if not self._values_ms:
+            return []
+        values = np.fromiter(self._values_ms, dtype=np.float64, count=len(self._values_ms))
+        return [float(v) for v in np.percentile(values, percentiles, method="inverted_cdf")]
+
+
+class _AdmissionCollector(Collector):
+    """Reads admission control's own counters at scrape time (no double bookkeeping)."""
+
+    def __init__(self, queue: AdmissionQueue) -> None:
+        self._queue = queue
+
+    def collect(self) -> Iterable[Metric]:
+        shed = CounterMetricFamily(
+            "aggregator_queries_shed",
+            "Queries shed by admission control, by reason.",
+            labels=["reason"],
+        )
+        for reason in ShedReason:
+            shed.add_metric([reason.value], self._queue.shed_total[reason])
+        admitted = CounterMetricFamily(
+            "aggregator_queries_admitted", "Queries admitted by admission control."
+        )
+        admitted.add_metric([], self._queue.admitted_total)
+        return [shed, admitted]
+
+
+class ServiceMetrics:
+    """Every metric of one service instance.
+
+    ``shards`` are the shard names (fixed label values); ``admission`` (optional) is read at
+    scrape time for in-flight, waiting and shed figures; ``shard_urls`` are shown by
+    :meth:`shard_summaries`.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        *,
+        admission: AdmissionQueue | None = None,
+        shard_urls: dict[str, str] | None = None,
+        window: int = RECENT_WINDOW,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.shard_names = tuple(shards)
+        self.shard_urls = dict(shard_urls or {})
+        self._recent = {name: RecentLatencies(window) for name in self.shard_names}
+        self._outcome_counts: dict[str, dict[str, int]] = {
+            name: dict.fromkeys((s.value for s in OutcomeStatus), 0) for name in self.shard_names
+        }
+        r = self.registry
+        self.shard_latency = Histogram(
+            "aggregator_shard_latency_seconds",
+            "Latency of shard calls, from dispatch to answer or give-up.",
+            ["shard"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.shard_outcomes = Counter(
+            "aggregator_shard_outcomes", "Shard calls by outcome.", ["shard", "status"], registry=r
+        )
+        self.query_latency = Histogram(
+            "aggregator_query_latency_seconds",
+            "Latency of answered queries, from arrival to response.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.http_responses = Counter(
+            "aggregator_http_responses",
+            "Responses of /search by status code.",
+            ["code"],
+            registry=r,
+        )
+        self.queries_cancelled = Counter(
+            "aggregator_queries_cancelled",
+            "Queries abandoned by their client before the answer.",
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "aggregator_event_loop_lag_seconds",
+            "How late the event loop woke a periodic timer.",
+            buckets=LOOP_LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "aggregator_queries_in_flight", "Queries holding an admission slot.", registry=r
+        )
+        self.waiting = Gauge(
+            "aggregator_queries_waiting", "Queries waiting for an admission slot.", registry=r
+        )
+        self.max_loop_lag_s = 0.0
+        self.admission = admission
+        if admission is not None:
+            self.in_flight.set_function(lambda: admission.in_flight)
+            self.waiting.set_function(lambda: admission.waiting)
+            r.register(_AdmissionCollector(admission))
+        for name in self.shard_names:  # every series exists from the start, at zero
+            self.shard_latency.labels(name)
+            for status in OutcomeStatus:
+                self.shard_outcomes.labels(name, status.value)
+
+    # -- recording --------------------------------------------------------------------------
+
+    def observe_outcomes(self, outcomes: Iterable[ShardOutcome]) -> None:
+        """Record each shard's outcome of one query (unknown shard names are ignored)."""
+        for outcome in outcomes:
+            counts = self._outcome_counts.get(outcome.shard)
+            if counts is None:
+                continue
+            status = outcome.status.value
+            counts[status] += 1
+            self.shard_outcomes.labels(outcome.shard, status).inc()
+            if outcome.status is not OutcomeStatus.SKIPPED:
+                self.shard_latency.labels(outcome.shard).observe(outcome.latency_ms / 1000.0)
+                self._recent[outcome.shard].record_ms(outcome.latency_ms)
+
+    def observe_response(self, code: int, latency_s: float | None = None) -> None:
+        """Count one ``/search`` response; ``latency_s`` for answered queries."""
+        self.http_responses.labels(str(code)).inc()
+        if latency_s is not None:
+            self.query_latency.observe(latency_s)
+
+    def observe_loop_lag(self, lag_s: float) -> None:
+        """Record one event-loop lag sample in seconds."""
+        self.loop_lag.observe(lag_s)
+        self.max_loop_lag_s = max(self.max_loop_lag_s, lag_s)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def shard_summaries(self) -> list[dict[str, Any]]:
+        """Per shard: name, url, recent latency percentiles (ms) and outcome counts."""
+        out: list[dict[str, Any]] = []
+        for name in self.shard_names:
+            recent = self._recent[name]
+            p50, p90, p99 = recent.percentiles_ms() or (None, None, None)
+            out.append(
+                {
+                    "name": name,
+                    "url": self.shard_urls.get(name),
+                    "recent": {
+                        "calls": len(recent),
+                        "p50_ms": _round(p50),
+                        "p90_ms": _round(p90),
+                        "p99_ms": _round(p99),
+                    },
+                    "outcomes": dict(self._outcome_counts[name]),
+                }
+            )
+        return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+class LoopLagMonitor:
+    """Measures event-loop lag: sleeps ``interval_s``, records how late it woke.
+
+    A loop busy with CPU work (or blocked by a synchronous call) wakes timers late; the
+    lateness is what every query waiting on the loop pays too. ``record`` gets each sample in
+    seconds. Run :meth:`run` as a task owned by the app's lifecycle; it ends only when
+    cancelled.
+    """
+
+    __slots__ = ("interval_s", "record", "samples")
+
+    def __init__(self, record: Callable[[float], None], interval_s: float = 0.1) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        self.record = record
+        self.interval_s = interval_s
+        self.samples = 0
+
+    async def run(self) -> None:
+        """Sample forever (until cancelled)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started_s = loop.time()
+            await asyncio.sleep(self.interval_s)
+            self.record(max(0.0, loop.time() - started_s - self.interval_s))
+            self.samples += 1

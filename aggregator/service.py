@@ -1,0 +1,511 @@
+"""The HTTP search API: a thin aiohttp adapter around a :class:`~aggregator.Coordinator`.
+
+Endpoints:
+
+* ``GET /search?q=&k=&deadline_ms=&min_coverage=`` and ``POST /search`` (a JSON object with
+  the same fields) answer a query: 200 with :func:`aggregator.wire.response_to_dict`.
+* ``GET /healthz`` (liveness; 503 while draining), ``GET /shards`` (per shard: URL, document
+  count, recent latency percentiles, outcome counts), ``GET /metrics`` (Prometheus text).
+
+Errors are always JSON ``{"error": {"type", "reason"}}``, never a stack trace:
+
+* 400 ``InvalidQuery``: missing or empty ``q``; ``k`` outside 1..max_k; ``deadline_ms``
+  outside (0, 60000]; ``min_coverage`` outside (0, 1]; wrong types; malformed JSON; invalid
+  UTF-8; repeated parameters (in the query string or as duplicate JSON keys); **unknown
+  parameters or fields** (rejected rather than ignored, so a typo such as ``deadline=`` does
+  not silently run with the default budget); query parameters on a ``POST``.
+* 401 ``Unauthorized`` (bearer token configured and missing or wrong), 404, 405, 413 (body
+  over the limit), 415 (``POST`` body that is not ``application/json``).
+* 503 ``Overloaded`` (admission control shed the query) and 503 ``NoShardAnswered`` (every
+  shard failed; the body lists each shard's outcome), both with ``Retry-After``.
+* 500 ``InternalError`` for anything unexpected: logged with its traceback, answered without.
+
+One end-to-end deadline: the budget starts when the request's headers have been read (before
+the body, before admission), so reading, waiting for a slot and fanning out all count against
+it. Client disconnects cancel the query's fan-out when the server runs with
+``handler_cancellation=True`` (the serve command and aiohttp's test server both do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aggregator.admission import Admission
+from aggregator.coordinator import Coordinator
+from aggregator.deadline import MAX_BUDGET_MS, Deadline, validate_budget_ms
+from aggregator.errors import AggregatorError, InvalidQuery, NoShardAnswered, Overloaded
+from aggregator.metrics import LoopLagMonitor, ServiceMetrics
+from aggregator.types import MAX_K, Query
+from aggregator.wire import dump_json, error_to_dict, response_to_dict
+
+__all__ = ["SEARCH_FIELDS", "ServiceSettings", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+#: The parameters of a search, in the query string or the JSON body; anything else is a 400.
+SEARCH_FIELDS = frozenset({"q", "k", "deadline_ms", "min_coverage"})
+#: ``k`` when the request names none.
+DEFAULT_K = 10
+#: Longest client id accepted from the client-id header.
+MAX_CLIENT_ID_CHARS = 128
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Error type names of the HTTP statuses the service answers itself.
+_HTTP_ERROR_TYPES = {
+    400: "InvalidQuery",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    408: "RequestTimeout",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    500: "InternalError",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How the HTTP service behaves; times in milliseconds or seconds as named.
+
+    ``default_deadline_ms``: the budget of a query that names none. ``max_k``: the largest
+    ``k`` (<= 1000). ``max_body_bytes``: the largest ``POST`` body (413 above). ``token``: if
+    set, bearer token required on every endpoint but ``/healthz``. ``client_id_header``: the
+    header naming a client for fair admission (empty: peer address only).
+    ``no_shard_retry_after_s``: ``Retry-After`` when no shard answered.
+    ``loop_lag_interval_s``: period of the event-loop lag monitor (0 turns it off).
+    """
+
+    default_deadline_ms: float = 1000.0
+    max_k: int = MAX_K
+    max_body_bytes: int = 64 * 1024
+    token: str | None = None
+    client_id_header: str = "X-Client-Id"
+    no_shard_retry_after_s: float = 1.0
+    loop_lag_interval_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        validate_budget_ms(self.default_deadline_ms, name="default_deadline_ms")
+        if not 1 <= self.max_k <= MAX_K:
+            raise ValueError(f"max_k must be in 1..{MAX_K}, got {self.max_k}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.token is not None and not self.token:
+            raise ValueError("token must not be empty (use None for no authentication)")
+        if not 0 < self.no_shard_retry_after_s < math.inf:
+            raise ValueError("no_shard_retry_after_s must be finite and > 0")
+        if not 0 <= self.loop_lag_interval_s < math.inf:
+            raise ValueError("loop_lag_interval_s must be finite and >= 0")
+
+
+#: Where the service state lives on the application.
+SERVICE_KEY: web.AppKey[_Service] = web.AppKey("aggregator_service")
+
+
+def create_app(
+    coordinator: Coordinator,
+    *,
+    admission: Admission | None = None,
+    metrics: ServiceMetrics | None = None,
+    settings: ServiceSettings | None = None,
+    shard_urls: Mapping[str, str] | None = None,
+) -> web.Application:
+    """The aiohttp application serving ``coordinator``.
+
+    ``admission`` defaults to :class:`Admission` with its default limits; ``metrics`` to a
+    fresh :class:`ServiceMetrics` (its own registry) over the coordinator's shards.
+    ``shard_urls`` names each shard's address for ``GET /shards``; by default it is read from
+    backends that have a ``url`` attribute. The caller owns the coordinator and its backends
+    (and closes them); the app owns only its loop-lag monitor task, started on startup and
+    cancelled on cleanup. Run it with ``handler_cancellation=True`` so a client that
+    disconnects cancels its query.
+    """
+    settings = settings or ServiceSettings()
+    admission = admission or Admission()
+    if metrics is None:
+        metrics = ServiceMetrics(
+            coordinator.cluster.names(),
+            admission=admission.queue,
+            shard_urls=dict(shard_urls) if shard_urls is not None else _urls_of(coordinator),
+        )
+    service = _Service(coordinator, admission, metrics, settings)
+    app = web.Application(
+        middlewares=[_error_middleware, _auth_middleware(settings.token)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SERVICE_KEY] = service
+    app.router.add_get("/search", service.search, allow_head=False)
+    app.router.add_post("/search", service.search)
+    app.router.add_get("/healthz", service.healthz, allow_head=False)
+    app.router.add_get("/shards", service.shards, allow_head=False)
+    app.router.add_get("/metrics", service.metrics_text, allow_head=False)
+    app.on_shutdown.append(service.on_shutdown)
+    if settings.loop_lag_interval_s > 0:
+        app.cleanup_ctx.append(service.loop_lag_context)
+    return app
+
+
+def _urls_of(coordinator: Coordinator) -> dict[str, str]:
+    urls: dict[str, str] = {}
+    for shard in coordinator.cluster.shards:
+        found = [getattr(r, "url", None) for r in shard.replicas]
+        named = [str(u) for u in found if u]
+        if named:
+            urls[shard.name] = ", ".join(named)
+    return urls
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def json_response(
+    body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """An ``application/json`` response serialised with orjson."""
+    return web.Response(
+        body=dump_json(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(
+    status: int,
+    error: AggregatorError | str,
+    reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """``{"error": {"type", "reason"}}`` with ``status``."""
+    return json_response(error_to_dict(error, reason), status, headers)
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+# -- middleware ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Every error leaves as JSON; nothing unexpected leaves with a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = _HTTP_ERROR_TYPES.get(exc.status, exc.reason.replace(" ", ""))
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        return error_response(exc.status, kind, exc.reason, headers)
+    except Exception:
+        # The traceback goes to the log, never to the client.
+        logger.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "InternalError", "internal error")
+
+
+def _auth_middleware(token: str | None) -> Middleware:
+    expected = None if token is None else f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if expected is None or request.path == "/healthz":
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        # Constant-time comparison: the time taken must not reveal how much of it matched.
+        if not hmac.compare_digest(given, expected):
+            return error_response(
+                401,
+                "Unauthorized",
+                "a valid 'Authorization: Bearer <token>' header is required",
+                {"WWW-Authenticate": 'Bearer realm="aggregator"'},
+            )
+        return await handler(request)
+
+    return auth
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+class _Service:
+    """The handlers and the state they share."""
+
+    __slots__ = ("admission", "coordinator", "draining", "lag_monitor", "metrics", "settings")
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        admission: Admission,
+        metrics: ServiceMetrics,
+        settings: ServiceSettings,
+    ) -> None:
+        self.coordinator = coordinator
+        self.admission = admission
+        self.metrics = metrics
+        self.settings = settings
+        self.draining = False
+        self.lag_monitor: LoopLagMonitor | None = None
+
+    async def search(self, request: web.Request) -> web.Response:
+        # The one budget starts now: body, admission and fan-out all count against it.
+        arrived_s = self.coordinator.clock.now_s()
+        metrics = self.metrics
+        try:
+            fields = await _read_fields(request, self.settings.max_body_bytes)
+            query = _build_query(fields, self.settings)
+            client = _client_id(request, self.settings.client_id_header)
+        except InvalidQuery as exc:
+            metrics.observe_response(400)
+            return error_response(400, exc)
+        except _BodyTooLarge as exc:
+            metrics.observe_response(413)
+            return error_response(413, "PayloadTooLarge", str(exc))
+        except _NotJson as exc:
+            metrics.observe_response(415)
+            return error_response(415, "UnsupportedMediaType", str(exc))
+        deadline = Deadline.after(arrived_s, query.deadline_ms)
+        try:
+            async with self.admission.slot(client, deadline):
+                response = await self.coordinator.search(query, deadline)
+        except Overloaded as exc:
+            metrics.observe_response(503)
+            return error_response(503, exc, headers=_retry_after(exc.retry_after_s))
+        except NoShardAnswered as exc:
+            metrics.observe_outcomes(exc.outcomes)
+            metrics.observe_response(503)
+            headers = _retry_after(self.settings.no_shard_retry_after_s)
+            return error_response(503, exc, headers=headers)
+        except asyncio.CancelledError:
+            metrics.queries_cancelled.inc()
+            raise
+        metrics.observe_outcomes(response.shards)
+        metrics.observe_response(200, self.coordinator.clock.now_s() - arrived_s)
+        return json_response(response_to_dict(response))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return json_response({"status": "draining"}, 503)
+        return json_response({"status": "ok", "shards": len(self.coordinator.cluster)})
+
+    async def shards(self, request: web.Request) -> web.Response:
+        docs = {s.name: s.doc_count for s in self.coordinator.cluster.shards}
+        summaries = self.metrics.shard_summaries()
+        for summary in summaries:
+            summary["docs"] = docs.get(summary["name"])
+        return json_response({"shards": summaries})
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.draining = True
+
+    async def loop_lag_context(self, app: web.Application) -> AsyncIterator[None]:
+        monitor = LoopLagMonitor(self.metrics.observe_loop_lag, self.settings.loop_lag_interval_s)
+        self.lag_monitor = monitor
+        task = asyncio.create_task(monitor.run(), name="aggregator-loop-lag")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.wait((task,))  # let it unwind; never swallows our own cancellation
+            self.lag_monitor = None
+
+
+# -- request parsing -------------------------------------------------------------------------
+
+
+class _BodyTooLarge(Exception):
+    """The request body is over the limit (413)."""
+
+
+class _NotJson(Exception):
+    """The request body is not declared as JSON (415)."""
+
+
+async def _read_fields(request: web.Request, max_body_bytes: int) -> dict[str, object]:
+    """The search fields of a GET (query string) or POST (JSON body), untyped but checked for
+    unknown and repeated names. Raises :class:`InvalidQuery`, :class:`_BodyTooLarge` or
+    :class:`_NotJson`."""
+    raw_query = request.rel_url.raw_query_string
+    if request.method == "GET":
+        return _fields_from_query_string(raw_query)
+    if raw_query:
+        raise InvalidQuery("POST /search takes its fields in the JSON body, not the query string")
+    if "Content-Type" in request.headers and request.content_type != "application/json":
+        raise _NotJson(f"the body must be application/json, got {request.content_type!r}")
+    length = request.content_length
+    if length is not None and length > max_body_bytes:
+        raise _BodyTooLarge(f"request body is larger than {max_body_bytes} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:  # a chunked body that grew past the limit
+        raise _BodyTooLarge(f"request body is larger than {max_body_bytes} bytes") from exc
+    return _fields_from_json(body)
+
+
+def _fields_from_query_string(raw: str) -> dict[str, object]:
+    try:
+        pairs = parse_qsl(
+            raw,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=len(SEARCH_FIELDS),
+        )
+    except UnicodeDecodeError as exc:
+        raise InvalidQuery("the query string is not valid UTF-8 once percent-decoded") from exc
+    except ValueError as exc:  # more fields than there are parameters
+        raise InvalidQuery(f"too many query parameters (known: {_known()})") from exc
+    fields: dict[str, object] = {}
+    for name, value in pairs:
+        _check_name(name, fields)
+        fields[name] = value
+    return {name: _typed_from_text(name, str(value)) for name, value in fields.items()}
+
+
+def _fields_from_json(body: bytes) -> dict[str, object]:
+    if not body.strip():
+        raise InvalidQuery('the request body is empty; send a JSON object such as {"q": ...}')
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidQuery(f"malformed JSON body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidQuery(f"the JSON body must be an object, got {_json_type(data)}")
+    for name in data:
+        if name not in SEARCH_FIELDS:
+            raise InvalidQuery(f"unknown field {_show(name)} (known: {_known()})")
+    _reject_duplicate_keys(body)
+    return {
+        name: _typed_from_json(name, value) for name, value in data.items() if value is not None
+    }
+
+
+def _reject_duplicate_keys(body: bytes) -> None:
+    # orjson keeps the last of repeated keys silently; an ambiguous request is refused
+    # instead. Only reached for small, known-field objects that orjson already accepted.
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidQuery(f"field {_show(key)} is given more than once")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(body, object_pairs_hook=hook)
+    except RecursionError as exc:
+        raise InvalidQuery("the JSON body is nested too deeply") from exc
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, InvalidQuery):
+            raise
+        raise InvalidQuery(f"malformed JSON body: {exc}") from exc
+
+
+def _check_name(name: str, seen: Mapping[str, object]) -> None:
+    if name not in SEARCH_FIELDS:
+        raise InvalidQuery(f"unknown parameter {_show(name)} (known: {_known()})")
+    if name in seen:
+        raise InvalidQuery(f"parameter {name!r} is given more than once")
+
+
+def _typed_from_text(name: str, text: str) -> object:
+    """Query-string values are text; numbers are parsed strictly and bounded in length."""
+    if name == "q":
+        return text
+    if name == "k":
+        if not text.isascii() or not text.isdigit() or len(text) > 7:
+            raise InvalidQuery(f"k must be an integer in 1..{MAX_K}, got {_show(text)}")
+        return int(text)
+    try:
+        if len(text) > 32:
+            raise ValueError(text)
+        return float(text)
+    except ValueError as exc:
+        raise InvalidQuery(f"{name} must be a number, got {_show(text)}") from exc
+
+
+def _typed_from_json(name: str, value: object) -> object:
+    if name == "q":
+        if not isinstance(value, str):
+            raise InvalidQuery(f"q must be a string, got {_json_type(value)}")
+        return value
+    if name == "k":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidQuery(f"k must be an integer, got {_json_type(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidQuery(f"{name} must be a number, got {_json_type(value)}")
+    return value
+
+
+def _build_query(fields: Mapping[str, object], settings: ServiceSettings) -> Query:
+    """A validated :class:`Query`; its ``deadline_ms`` is the effective budget."""
+    text = fields.get("q")
+    if text is None:
+        raise InvalidQuery("missing parameter 'q' (the query text)")
+    k = fields.get("k", DEFAULT_K)
+    if isinstance(k, int) and not isinstance(k, bool) and not 1 <= k <= settings.max_k:
+        raise InvalidQuery(f"k must be an integer in 1..{settings.max_k}, got {k}")
+    deadline_ms = fields.get("deadline_ms", settings.default_deadline_ms)
+    # Over HTTP the budget is 1..60000 ms: a sub-millisecond budget cannot cover a round trip.
+    if isinstance(deadline_ms, float | int) and not 1 <= deadline_ms <= MAX_BUDGET_MS:
+        raise InvalidQuery(f"deadline_ms must be in 1..{MAX_BUDGET_MS:g} ms, got {deadline_ms!r}")
+    return Query(
+        text=text,  # type: ignore[arg-type]  # checked by Query
+        k=k,  # type: ignore[arg-type]
+        deadline_ms=deadline_ms,  # type: ignore[arg-type]
+        min_coverage=fields.get("min_coverage"),  # type: ignore[arg-type]
+    )
+
+
+def _client_id(request: web.Request, header: str) -> str:
+    """Who is asking, for fair admission: the client-id header, else the peer address."""
+    if header:
+        value = request.headers.get(header)
+        if value is not None:
+            if not 0 < len(value) <= MAX_CLIENT_ID_CHARS or not value.isprintable():
+                raise InvalidQuery(
+                    f"{header} must be 1..{MAX_CLIENT_ID_CHARS} printable characters"
+                )
+            return f"id:{value}"
+    return f"addr:{request.remote or 'unknown'}"
+
+
+def _known() -> str:
+    return ", ".join(sorted(SEARCH_FIELDS))
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """``value`` quoted and cut to ``limit`` characters: echo input, never all of it."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,245 @@
+"""Plots of a scenario run (matplotlib, Agg backend: no display needed).
+
+- ``spectrum.png``: the latency percentile spectrum of each run, HdrHistogram style: the x
+  axis is ``1 / (1 - percentile)`` on a log scale, so p50, p90, p99, p99.9 are evenly spaced
+  and the tail gets as much room as the body; latency on a log scale.
+- ``coverage.png``: coverage against deadline: median and 1st-percentile coverage of the
+  answers for each strategy at each deadline it ran with.
+- ``timeline.png``: latency over time: p99 (solid) and max (dotted) per half-second window of
+  intended send time, so a stall or a degradation shows where it happened.
+- ``load.png`` (rate sweeps only): p99 and achieved rate against offered rate, to find the knee.
+- ``width.png`` (fan-out sweeps only): p99 against the number of shards.
+
+Figures are small (about 7 x 4 inches at 80 dpi) so they can be committed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+__all__ = ["MAX_LINES", "pick_cells", "write_plots"]
+
+#: Most lines drawn in one figure; with more runs, only those at the scenario's base point.
+MAX_LINES = 10
+_DPI = 80
+_SIZE = (7.5, 4.2)
+_SPECTRUM_TICKS = (50.0, 90.0, 99.0, 99.9, 99.99, 99.999)
+
+
+def _label(cell: Mapping[str, Any], varying: Sequence[str]) -> str:
+    s = cell["strategy"]
+    parts = [s["name"]]
+    if "deadline_ms" in varying and s["deadline_ms"] is not None:
+        parts.append(f"{s['deadline_ms']:g} ms")
+    if "rate_per_s" in varying:
+        parts.append(f"{cell['offered_rate_per_s']:g}/s")
+    if "shards" in varying:
+        parts.append(f"{cell['shards']} shards")
+    return " ".join(parts)
+
+
+def pick_cells(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The runs worth a line each: all of them if few, else one per strategy at the
+    scenario's base rate, width and deadline (or the first swept value of each)."""
+    cells: list[Mapping[str, Any]] = list(results["cells"])
+    if len(cells) <= MAX_LINES:
+        return cells
+    sc = results["scenario"]
+    sweep = sc["sweep"]
+    rate = sc["load"]["rate_per_s"]
+    if sweep["rate_per_s"] and rate not in sweep["rate_per_s"]:
+        rate = sweep["rate_per_s"][0]
+    width = sc["cluster"]["shards"]
+    if sweep["shards"] and width not in sweep["shards"]:
+        width = sweep["shards"][0]
+    picked = []
+    seen: set[str] = set()
+    for cell in cells:
+        name = cell["strategy"]["name"]
+        if cell["offered_rate_per_s"] == rate and cell["shards"] == width and name not in seen:
+            seen.add(name)
+            picked.append(cell)
+    return picked[:MAX_LINES] or cells[:MAX_LINES]
+
+
+def _varying(cells: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = []
+    if len({c["strategy"]["deadline_ms"] for c in cells}) > 1:
+        out.append("deadline_ms")
+    if len({c["offered_rate_per_s"] for c in cells}) > 1:
+        out.append("rate_per_s")
+    if len({c["shards"] for c in cells}) > 1:
+        out.append("shards")
+    return out
+
+
+def _figure(title: str) -> tuple[Figure, Axes]:
+    fig, ax = plt.subplots(figsize=_SIZE, dpi=_DPI)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path.name
+
+
+def _spectrum(results: Mapping[str, Any], path: Path) -> str | None:
+    cells = pick_cells(results)
+    if not any(c["spectrum"] for c in cells):
+        return None
+    varying = _varying(cells)
+    fig, ax = _figure(f"{results['scenario']['name']}: latency by percentile")
+    top = 1.0
+    for cell in cells:
+        points = [(p, v) for p, v in cell["spectrum"] if p is not None and v is not None]
+        if not points:
+            continue
+        # 1 / (1 - p): p50 -> 2, p99 -> 100; the max (p100) is drawn at one decade past the
+        # last finite point so it stays visible.
+        xs = []
+        for p, _ in points:
+            xs.append(1.0 / (1.0 - p / 100.0) if p < 100.0 else math.nan)
+        finite = [x for x in xs if not math.isnan(x)] or [1.0]
+        xs = [x if not math.isnan(x) else max(finite) * 10 for x in xs]
+        top = max(top, max(xs))
+        ax.plot(xs, [max(v, 1e-3) for _, v in points], label=_label(cell, varying), lw=1.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = [1.0 / (1.0 - p / 100.0) for p in _SPECTRUM_TICKS if 1.0 / (1.0 - p / 100.0) <= top]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"p{100 - 100 / x:g}"))
+    ax.set_xlim(1.0, top * 1.2)
+    ax.set_xlabel("percentile (rightmost point: max)")
+    ax.set_ylabel("latency from intended send (ms)")
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def _coverage(results: Mapping[str, Any], path: Path) -> str | None:
+    cells = [c for c in results["cells"] if c["coverage"]["answers"]]
+    if not cells:
+        return None
+    fig, ax = _figure(f"{results['scenario']['name']}: coverage against deadline")
+    by_strategy: dict[str, list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        by_strategy.setdefault(cell["strategy"]["name"], []).append(cell)
+    base_rate = results["scenario"]["load"]["rate_per_s"]
+    for name, group in by_strategy.items():
+        # One point per deadline: at the base rate if it ran there, else the first rate run.
+        rates = {c["offered_rate_per_s"] for c in group}
+        rate = base_rate if base_rate in rates else min(rates)
+        group = sorted(
+            (c for c in group if c["offered_rate_per_s"] == rate),
+            key=lambda c: (c["strategy"]["deadline_ms"] or math.inf, c["shards"]),
+        )
+        if group[0]["strategy"]["deadline_ms"] is None:  # wait_all: no deadline to plot against
+            cov = group[0]["coverage"]
+            ax.axhline(cov["p1"], ls=":", lw=1, color="grey")
+            ax.text(0.01, cov["p1"], f" {name} (no deadline) p1", fontsize=7, va="bottom",
+                    transform=ax.get_yaxis_transform())  # fmt: skip
+            continue
+        xs = [c["strategy"]["deadline_ms"] for c in group]
+        (line,) = ax.plot(xs, [c["coverage"]["p50"] for c in group], marker="o",
+                          label=f"{name} median")  # fmt: skip
+        ax.plot(xs, [c["coverage"]["p1"] for c in group], marker="v", ls="--",
+                color=line.get_color(), label=f"{name} p1 (worst 1%)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("deadline (ms)")
+    ax.set_ylabel("coverage (share of documents searched)")
+    ax.set_ylim(-0.02, 1.05)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def _timeline(results: Mapping[str, Any], path: Path) -> str | None:
+    cells = pick_cells(results)
+    if not any(c["timeline"] for c in cells):
+        return None
+    varying = _varying(cells)
+    fig, ax = _figure(f"{results['scenario']['name']}: latency over time")
+    warmup_s = results["scenario"]["load"]["warmup_s"]
+    for cell in cells:
+        rows = [r for r in cell["timeline"] if r["p99_ms"] is not None]
+        xs = [r["t_s"] for r in rows]
+        (line,) = ax.plot(xs, [max(r["p99_ms"], 1e-3) for r in rows], lw=1.5,
+                          label=f"{_label(cell, varying)} p99")  # fmt: skip
+        ax.plot(xs, [max(r["max_ms"], 1e-3) for r in rows], lw=0.8, ls=":",
+                color=line.get_color())  # fmt: skip
+    if warmup_s > 0:
+        ax.axvspan(0, warmup_s, color="grey", alpha=0.15, label="warm-up (not reported)")
+    ax.set_yscale("log")
+    ax.set_xlabel("intended send time (s from start); dotted: max per window")
+    ax.set_ylabel("latency (ms)")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def _sweep(results: Mapping[str, Any], path: Path, axis: str) -> str | None:
+    cells = results["cells"]
+    key = "offered_rate_per_s" if axis == "rate_per_s" else "shards"
+    if len({c[key] for c in cells}) < 2:
+        return None
+    title = "p99 against offered load" if axis == "rate_per_s" else "p99 against fan-out width"
+    fig, ax = _figure(f"{results['scenario']['name']}: {title}")
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        s = cell["strategy"]
+        label = s["name"] + (f" {s['deadline_ms']:g} ms" if s["deadline_ms"] else "")
+        if axis == "rate_per_s" and len({c["shards"] for c in cells}) > 1:
+            label += f" {cell['shards']} shards"
+        if axis == "shards" and len({c["offered_rate_per_s"] for c in cells}) > 1:
+            label += f" {cell['offered_rate_per_s']:g}/s"
+        groups.setdefault(label, []).append(cell)
+    for label, group in list(groups.items())[:MAX_LINES]:
+        group = sorted(group, key=lambda c: c[key])
+        xs = [c[key] for c in group]
+        ys = [c["latency_ms"]["p99_ms"] or math.nan for c in group]
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (queries/s)" if axis == "rate_per_s" else "shards (fan-out)")
+    ax.set_ylabel("p99 latency (ms)")
+    if axis == "rate_per_s":
+        rates = sorted({c["offered_rate_per_s"] for c in cells})
+        twin = ax.twinx()
+        by_rate: dict[float, float] = {}
+        for c in cells:
+            achieved = c["achieved_rate_per_s"] or 0.0
+            by_rate[c["offered_rate_per_s"]] = max(by_rate.get(c["offered_rate_per_s"], 0.0),
+                                                   achieved)  # fmt: skip
+        twin.plot(rates, [by_rate[r] for r in rates], color="black", ls="--", lw=1,
+                  label="achieved rate (best strategy)")  # fmt: skip
+        twin.plot(rates, rates, color="grey", ls=":", lw=1, label="offered = achieved")
+        twin.set_ylabel("achieved rate (queries/s)")
+        twin.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def write_plots(results: Mapping[str, Any], out_dir: Path, prefix: str = "") -> list[str]:
+    """Write every plot that applies to ``results`` into ``out_dir``; return the file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        _spectrum(results, out_dir / f"{prefix}spectrum.png"),
+        _coverage(results, out_dir / f"{prefix}coverage.png"),
+        _timeline(results, out_dir / f"{prefix}timeline.png"),
+        _sweep(results, out_dir / f"{prefix}load.png", "rate_per_s"),
+        _sweep(results, out_dir / f"{prefix}width.png", "shards"),
+    ]
+    return [name for name in written if name is not None]

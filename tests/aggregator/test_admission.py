@@ -1,0 +1,270 @@
+"""Admission control: the pure policy on a manual clock, and its async adapter in loop time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aggregator import Deadline, ManualClock, Overloaded
+from aggregator.admission import (
+    Admission,
+    AdmissionLimits,
+    AdmissionQueue,
+    ShedReason,
+    Ticket,
+    TicketState,
+)
+
+
+def _queue(
+    max_in_flight: int = 2, max_waiting: int = 2, min_budget_ms: float = 0.0
+) -> tuple[AdmissionQueue, ManualClock]:
+    clock = ManualClock(100.0)
+    limits = AdmissionLimits(max_in_flight, max_waiting, min_budget_ms=min_budget_ms)
+    return AdmissionQueue(limits, clock), clock
+
+
+def _far(clock: ManualClock) -> Deadline:
+    return Deadline.after(clock.now_s(), 60_000)
+
+
+def _arrive(queue: AdmissionQueue, clock: ManualClock, client: str) -> Ticket:
+    ticket, evicted = queue.arrive(client, _far(clock))
+    assert evicted == []
+    return ticket
+
+
+def test_admits_up_to_the_limit_then_queues_then_sheds() -> None:
+    """C run at once, Q wait, the next is shed at once with reason queue_full."""
+    queue, clock = _queue(max_in_flight=2, max_waiting=2)
+    states = [_arrive(queue, clock, "a").state for _ in range(5)]
+    assert states == ["admitted", "admitted", "waiting", "waiting", "shed"]
+    assert (queue.in_flight, queue.waiting) == (2, 2)
+    assert queue.shed_total[ShedReason.QUEUE_FULL] == 1
+
+
+def test_release_admits_the_oldest_waiter_of_one_client() -> None:
+    """Within one client, waiters are admitted first come, first served."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=3)
+    running = _arrive(queue, clock, "a")
+    first, second = _arrive(queue, clock, "a"), _arrive(queue, clock, "a")
+    assert queue.release(running) == [first]
+    assert first.state is TicketState.ADMITTED
+    assert second.state is TicketState.WAITING
+
+
+def test_freed_slot_goes_to_the_client_holding_fewest() -> None:
+    """A client holding every slot loses the next free one to a newcomer, even one queued later."""
+    queue, clock = _queue(max_in_flight=2, max_waiting=4)
+    a1, _a2 = _arrive(queue, clock, "a"), _arrive(queue, clock, "a")
+    a3 = _arrive(queue, clock, "a")  # waits first
+    b1 = _arrive(queue, clock, "b")  # waits second, but b holds nothing
+    assert queue.release(a1) == [b1]
+    assert (queue.in_flight_of("a"), queue.in_flight_of("b")) == (1, 1)
+    assert a3.state is TicketState.WAITING
+
+
+def test_slots_converge_to_an_even_split() -> None:
+    """With two busy clients, slots end up split evenly however the split started."""
+    queue, clock = _queue(max_in_flight=4, max_waiting=16)
+    running = [_arrive(queue, clock, "a") for _ in range(4)]
+    for _ in range(4):
+        _arrive(queue, clock, "a")
+        _arrive(queue, clock, "b")
+    for _ in range(8):  # each finished query frees a slot for the next fair waiter
+        oldest = running.pop(0)
+        running.extend(queue.release(oldest))
+        assert queue.in_flight_of("a") >= 2 or queue.in_flight_of("b") <= 2
+    assert (queue.in_flight_of("a"), queue.in_flight_of("b")) == (2, 2)
+
+
+def test_alone_a_client_may_use_every_slot() -> None:
+    """Fairness never leaves a slot idle: one client alone fills them all."""
+    queue, clock = _queue(max_in_flight=3, max_waiting=0)
+    assert [_arrive(queue, clock, "a").state for _ in range(3)] == ["admitted"] * 3
+
+
+def test_full_queue_evicts_the_flooding_clients_newest_waiter() -> None:
+    """Longest-queue drop: a newcomer takes the flooding client's newest place in line."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=3)
+    _arrive(queue, clock, "a")
+    waiting = [_arrive(queue, clock, "a") for _ in range(3)]
+    ticket, evicted = queue.arrive("b", _far(clock))
+    assert ticket.state is TicketState.WAITING
+    assert evicted == [waiting[-1]]
+    assert waiting[-1].state is TicketState.SHED
+    assert waiting[-1].shed_reason is ShedReason.EVICTED
+    assert (queue.waiting_of("a"), queue.waiting_of("b")) == (2, 1)
+
+
+def test_full_queue_sheds_the_newcomer_when_lines_are_even() -> None:
+    """No eviction when it would not even out the lines: the newcomer is shed instead."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=2)
+    _arrive(queue, clock, "a")
+    _arrive(queue, clock, "a")
+    _arrive(queue, clock, "b")
+    ticket, evicted = queue.arrive("b", _far(clock))
+    assert evicted == []
+    assert ticket.shed_reason is ShedReason.QUEUE_FULL
+
+
+def test_query_with_spent_budget_is_shed_on_arrival() -> None:
+    """A query whose deadline already passed (minus the minimum budget) never starts."""
+    queue, clock = _queue(min_budget_ms=5.0)
+    deadline = Deadline.after(clock.now_s(), 4.0)
+    ticket, _ = queue.arrive("a", deadline)
+    assert ticket.shed_reason is ShedReason.DEADLINE
+    assert queue.in_flight == 0
+
+
+def test_waiter_whose_deadline_passed_is_shed_not_started() -> None:
+    """When a slot frees, a waiter that can no longer meet its deadline is shed, the next runs."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=2)
+    running = _arrive(queue, clock, "a")
+    short, _ = queue.arrive("a", Deadline.after(clock.now_s(), 10))
+    long_ = _arrive(queue, clock, "a")
+    clock.advance(0.050)
+    assert queue.release(running) == [short, long_]
+    assert short.shed_reason is ShedReason.DEADLINE
+    assert long_.state is TicketState.ADMITTED
+
+
+def test_expire_sheds_only_the_late_waiters() -> None:
+    """expire() sheds waiters past their last useful start and keeps the rest."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=3)
+    _arrive(queue, clock, "a")
+    short, _ = queue.arrive("b", Deadline.after(clock.now_s(), 10))
+    long_ = _arrive(queue, clock, "c")
+    clock.advance(0.020)
+    assert queue.expire() == [short]
+    assert long_.state is TicketState.WAITING
+    assert queue.waiting == 1
+
+
+def test_predicted_wait_past_the_deadline_is_shed_at_once() -> None:
+    """Once slot-holding time is measured, a query that would only time out waiting is shed now."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=10)
+    for _ in range(50):  # teach it that a query holds its slot for 100 ms
+        ticket = _arrive(queue, clock, "a")
+        clock.advance(0.100)
+        queue.release(ticket)
+    _arrive(queue, clock, "a")  # busy now
+    hopeless, _ = queue.arrive("b", Deadline.after(clock.now_s(), 20))
+    assert hopeless.shed_reason is ShedReason.DEADLINE
+    assert "expected" in (hopeless.reason or "")
+    patient, _ = queue.arrive("b", Deadline.after(clock.now_s(), 1000))
+    assert patient.state is TicketState.WAITING
+    assert queue.retry_after_s() >= 1.0
+
+
+def test_release_is_idempotent_and_forgets_idle_clients() -> None:
+    """Releasing twice frees one slot; a client with nothing left is no longer tracked."""
+    queue, clock = _queue()
+    ticket = _arrive(queue, clock, "a")
+    queue.release(ticket)
+    queue.release(ticket)
+    assert (queue.in_flight, queue.clients) == (0, 0)
+    assert ticket.state is TicketState.RELEASED
+
+
+def test_releasing_a_waiting_ticket_leaves_the_queue() -> None:
+    """A waiter that gives up its place is removed and admits no one."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=2)
+    _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "b")
+    assert queue.release(waiter) == []
+    assert (queue.waiting, queue.clients) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_in_flight": 0},
+        {"max_waiting": -1},
+        {"min_budget_ms": float("nan")},
+        {"retry_after_s": 0.0},
+        {"max_in_flight": True},
+    ],
+)
+def test_limits_reject_nonsense(kwargs: dict[str, object]) -> None:
+    """Limits outside their ranges are refused on construction."""
+    with pytest.raises(ValueError, match="must be"):
+        AdmissionLimits(**kwargs)  # type: ignore[arg-type]
+
+
+# -- the async adapter, in loop time ----------------------------------------------------------
+
+
+@pytest.mark.looptime
+async def test_waiter_runs_when_a_slot_frees() -> None:
+    """A waiting query starts the moment a running one releases its slot."""
+    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=0))
+    loop = asyncio.get_running_loop()
+    deadline = Deadline.after(loop.time(), 10_000)
+    started: list[float] = []
+
+    async def query(hold_s: float) -> None:
+        async with admission.slot("a", deadline):
+            started.append(loop.time())
+            await asyncio.sleep(hold_s)
+
+    t0 = loop.time()
+    await asyncio.gather(query(1.0), query(1.0))
+    assert [s - t0 for s in started] == pytest.approx([0.0, 1.0])
+    assert (admission.queue.in_flight, admission.queue.waiting) == (0, 0)
+
+
+@pytest.mark.looptime
+async def test_waiter_is_shed_when_its_deadline_can_no_longer_be_met() -> None:
+    """A waiter gets Overloaded at deadline minus the minimum budget, not later."""
+    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=5))
+    loop = asyncio.get_running_loop()
+    holder = await admission.acquire("a", Deadline.after(loop.time(), 10_000))
+    t0 = loop.time()
+    with pytest.raises(Overloaded, match="deadline") as info:
+        await admission.acquire("b", Deadline.after(t0, 100))
+    assert loop.time() - t0 == pytest.approx(0.095)
+    assert info.value.retry_after_s >= 1.0
+    assert admission.queue.waiting == 0
+    admission.release(holder)
+    assert admission.queue.in_flight == 0
+
+
+@pytest.mark.looptime
+async def test_cancelled_waiter_gives_up_its_place() -> None:
+    """Cancelling a waiting query removes it from the queue; cancellation propagates."""
+    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=0))
+    loop = asyncio.get_running_loop()
+    holder = await admission.acquire("a", Deadline.after(loop.time(), 10_000))
+    waiter = asyncio.create_task(admission.acquire("b", Deadline.after(loop.time(), 10_000)))
+    await asyncio.sleep(0.001)
+    assert admission.queue.waiting == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (admission.queue.waiting, admission.queue.clients) == (0, 1)
+    admission.release(holder)
+    assert admission.queue.in_flight == 0
+
+
+@pytest.mark.looptime
+async def test_evicted_waiter_is_woken_with_overloaded() -> None:
+    """A waiter evicted by longest-queue drop learns it at once, not at its deadline."""
+    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=2, min_budget_ms=0))
+    loop = asyncio.get_running_loop()
+    far = Deadline.after(loop.time(), 10_000)
+    holder = await admission.acquire("a", far)
+    a_waiters = [asyncio.create_task(admission.acquire("a", far)) for _ in range(2)]
+    await asyncio.sleep(0.001)
+    b_waiter = asyncio.create_task(admission.acquire("b", far))
+    t0 = loop.time()
+    with pytest.raises(Overloaded, match="evicted"):
+        await a_waiters[1]
+    assert loop.time() == pytest.approx(t0)
+    admission.release(holder)
+    second = await b_waiter  # b holds nothing, so it goes before a's older waiter
+    assert second.client == "b"
+    admission.release(second)
+    admission.release(await a_waiters[0])
+    assert admission.queue.clients == 0
