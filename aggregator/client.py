@@ -172,22 +172,41 @@ def parse_reply(body: bytes, shard: str, k: int) -> ShardReply:
             f"reply field 'hits' must be a list, got {type(raw_hits).__name__}"
         )
     hits: list[Hit] = []
+    append = hits.append
+    # The fast path tests exact types: orjson builds only dict/list/str/int/float/bool/None,
+    # and never NaN or infinity. Any doubt falls through to _hit_problem for the reason.
     for i, item in enumerate(raw_hits[:k]):
-        if not isinstance(item, dict):
-            raise ShardMalformedReply(f"hit {i} must be an object, got {type(item).__name__}")
-        doc_id = item.get("id")
-        if not isinstance(doc_id, str) or not doc_id:
-            raise ShardMalformedReply(f"hit {i}: 'id' must be a non-empty string")
-        score = item.get("score")
-        if not _is_number(score):
-            raise ShardMalformedReply(f"hit {i} ({doc_id!r:.40}): 'score' must be a number")
-        if not math.isfinite(score):
-            raise ShardMalformedReply(f"hit {i} ({doc_id!r:.40}): score {score!r} is not finite")
-        title = item.get("title")
-        if title is not None and not isinstance(title, str):
-            raise ShardMalformedReply(f"hit {i} ({doc_id!r:.40}): 'title' must be a string")
-        hits.append(Hit(doc_id, float(score), shard, title))
+        if type(item) is dict:
+            doc_id = item.get("id")
+            score = item.get("score")
+            title = item.get("title")
+            score_type = type(score)
+            if (
+                type(doc_id) is str
+                and doc_id
+                and (score_type is float or score_type is int)
+                and (title is None or type(title) is str)
+                and math.isfinite(score)  # type: ignore[arg-type]
+            ):
+                append(Hit(doc_id, float(score), shard, title))  # type: ignore[arg-type]
+                continue
+        raise ShardMalformedReply(_hit_problem(i, item))
     return ShardReply(shard, docs, tuple(hits), float(took_ms))
+
+
+def _hit_problem(i: int, item: object) -> str:
+    """Why hit ``i`` of a reply is malformed."""
+    if not isinstance(item, dict):
+        return f"hit {i} must be an object, got {type(item).__name__}"
+    doc_id = item.get("id")
+    if not isinstance(doc_id, str) or not doc_id:
+        return f"hit {i}: 'id' must be a non-empty string"
+    score = item.get("score")
+    if not _is_number(score):
+        return f"hit {i} ({doc_id!r:.40}): 'score' must be a number"
+    if not math.isfinite(score):
+        return f"hit {i} ({doc_id!r:.40}): score {score!r} is not finite"
+    return f"hit {i} ({doc_id!r:.40}): 'title' must be a string or null"
 
 
 def _error_reason(body: bytes) -> str:
@@ -415,6 +434,9 @@ class ShardClient:
         chunks: list[bytes] = []
         size = 0
         try:
+            if declared is not None and declared <= cap:
+                # The common case: a declared length within the cap, read in one call.
+                return await response.read()
             while size <= cap:
                 chunk = await response.content.read(min(_READ_CHUNK_BYTES, cap + 1 - size))
                 if not chunk:

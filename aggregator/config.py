@@ -80,7 +80,9 @@ class LimitsConfig:
 
     ``max_in_flight`` / ``max_waiting`` / ``min_budget_ms``: admission control (see
     :mod:`aggregator.admission` for why the defaults). ``max_inflight_per_shard``: concurrent
-    calls to one shard across all queries. ``max_body_bytes``: largest ``POST /search`` body.
+    calls to one shard across all queries. ``max_connections_per_shard``: the keep-alive pool
+    to one shard server. ``max_reply_bytes``: largest shard reply read (larger is an error
+    outcome). ``max_body_bytes``: largest ``POST /search`` body.
     ``max_line_bytes`` / ``max_field_bytes`` / ``max_headers``: the HTTP request line, one
     header, and the header count. ``shutdown_grace_ms``: how long in-flight queries may run on
     after a shutdown signal.
@@ -90,6 +92,8 @@ class LimitsConfig:
     max_waiting: int = DEFAULT_MAX_WAITING
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
     max_inflight_per_shard: int = 64
+    max_connections_per_shard: int = 32
+    max_reply_bytes: int = 4 * 1024 * 1024
     max_body_bytes: int = 64 * 1024
     max_line_bytes: int = 8190
     max_field_bytes: int = 8190
@@ -233,6 +237,8 @@ class _Reader:
             "max_in_flight": (1, 100_000),
             "max_waiting": (0, 1_000_000),
             "max_inflight_per_shard": (1, 100_000),
+            "max_connections_per_shard": (1, 100_000),
+            "max_reply_bytes": (1024, 1024 * 1024 * 1024),
             "max_body_bytes": (64, 64 * 1024 * 1024),
             "max_line_bytes": (256, 1024 * 1024),
             "max_field_bytes": (256, 1024 * 1024),

@@ -37,13 +37,11 @@ from aggregator.errors import (
     ShardUnavailable,
 )
 from aggregator.feedback import AttemptKind, AttemptResult, DispatchFeedback, NoFeedback
-from aggregator.plan import ShardPlan
+from aggregator.plan import CIRCUIT_OPEN, ShardPlan
+from aggregator.retry import is_retryable
 from aggregator.types import Hit, OutcomeStatus, Query, ShardOutcome, ShardReply
 
-__all__ = ["CIRCUIT_OPEN", "ShardCall", "ShardResult", "drive_shard", "validate_reply"]
-
-#: Skip reason of a shard whose every replica has an open circuit breaker.
-CIRCUIT_OPEN = "circuit_open"
+__all__ = ["ShardCall", "ShardResult", "drive_shard", "validate_reply"]
 
 _NO_FEEDBACK = NoFeedback()
 
@@ -338,7 +336,7 @@ async def _drive_hedged(call: ShardCall, hedge_after_s: float) -> ShardReply:
                 continue
             # Every copy failed. Only a fast failure is worth another try.
             assert error is not None
-            if not isinstance(error, ShardUnavailable):
+            if not is_retryable(error):
                 raise error
             retry_at = await _wait_for_retry(call, next_position, retries + 1)
             if retry_at is None:

@@ -15,7 +15,17 @@ from aggregator.deadline import Deadline
 from aggregator.errors import InvalidQuery
 from aggregator.types import Query
 
-__all__ = ["FirstReplicaPlanner", "GoodEnough", "Planner", "QueryPlan", "ShardPlan"]
+__all__ = [
+    "CIRCUIT_OPEN",
+    "FirstReplicaPlanner",
+    "GoodEnough",
+    "Planner",
+    "QueryPlan",
+    "ShardPlan",
+]
+
+#: Skip reason of a shard whose every replica has an open circuit breaker.
+CIRCUIT_OPEN = "circuit_open"
 
 
 @dataclass(frozen=True, slots=True)

@@ -379,8 +379,9 @@ class HttpSearchTarget:
 
     Each request is ``GET {url}?q=...&<params>`` with the query texts taken in turn. A 200
     body is read for ``completeness.coverage`` and ``partial``; extra shard requests are the
-    sum over shards of ``attempts - 1``. 503 and 429 count as shed, 504 as timeout, any other
-    status or transport failure as an error named by its status or exception type.
+    sum over shards of ``attempts - 1``. A 503 whose error type is ``NoShardAnswered`` is an
+    error with coverage 0; other 503s and 429 count as shed, 504 as timeout, any other status
+    or transport failure as an error named by its status or exception type.
     """
 
     def __init__(
@@ -426,6 +427,8 @@ class HttpSearchTarget:
 
 def classify_http(status: int, body: bytes) -> RequestResult:
     """A :class:`RequestResult` from an HTTP status and the aggregator's JSON body."""
+    if status == 503 and _error_type(body) == "NoShardAnswered":
+        return RequestResult(RequestStatus.ERROR, coverage=0.0, reason="no shard answered")
     if status in (503, 429):
         return RequestResult(RequestStatus.SHED, reason=f"HTTP {status}")
     if status == 504:
@@ -442,3 +445,12 @@ def classify_http(status: int, body: bytes) -> RequestResult:
         return RequestResult(RequestStatus.ERROR, reason="malformed response")
     status_ = RequestStatus.PARTIAL if partial else RequestStatus.OK
     return RequestResult(status_, coverage=coverage, extra_requests=extra)
+
+
+def _error_type(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+        kind = doc["error"]["type"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return kind if isinstance(kind, str) else None

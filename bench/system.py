@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from aggregator.backend import ShardBackend
 from aggregator.coordinator import Coordinator, CoordinatorConfig
-from aggregator.errors import NoShardAnswered, Overloaded
+from aggregator.errors import ConfigError, NoShardAnswered, Overloaded
 from aggregator.plan import Planner
 from aggregator.types import Query, SearchResponse
 from bench.capacity import WorkerPool
@@ -68,7 +69,11 @@ def build_planner(strategy: StrategyConfig) -> Planner | None:
     """
     if strategy.kind != "hedged":
         return None
-    from aggregator.tail import TailTolerantPlanner  # type: ignore[import-not-found,unused-ignore]
+    import aggregator
+
+    TailTolerantPlanner: Any = getattr(aggregator, "TailTolerantPlanner", None)
+    if TailTolerantPlanner is None:
+        raise ConfigError("strategy 'hedged' needs aggregator.TailTolerantPlanner (not built)")
 
     if strategy.hedge_after_ms is None:
         planner: Planner = TailTolerantPlanner()

@@ -48,6 +48,7 @@ __all__ = [
     "Pareto",
     "Uniform",
     "format_duration",
+    "format_number",
     "parse_duration_s",
     "parse_latency",
 ]
@@ -89,7 +90,8 @@ class LatencyModel(Protocol):
 # -- numbers and durations --------------------------------------------------------------------
 
 
-def _format_number(value: float) -> str:
+def format_number(value: float) -> str:
+    """``value`` as the shortest text that reads back exactly (``5.0`` -> ``"5"``)."""
     text = repr(float(value))
     return text[:-2] if text.endswith(".0") else text
 
@@ -97,9 +99,9 @@ def _format_number(value: float) -> str:
 def format_duration(value_s: float) -> str:
     """The shortest text in ``s``, ``ms`` or ``us`` that :func:`parse_duration_s` reads back
     as exactly ``value_s``: ``0.005`` -> ``"5ms"``, ``1.0`` -> ``"1s"``."""
-    best = _format_number(value_s) + "s"
+    best = format_number(value_s) + "s"
     for unit, factor in _UNITS.items():
-        text = _format_number(value_s * factor)
+        text = format_number(value_s * factor)
         if float(text) / factor == value_s and len(text) + len(unit) < len(best):
             best = text + unit
     return best
@@ -278,7 +280,7 @@ class LogNormal:
     def spec(self) -> str:
         """``lognormal:median=M,sigma=S``."""
         return (
-            f"lognormal:median={format_duration(self.median_s)},sigma={_format_number(self.sigma)}"
+            f"lognormal:median={format_duration(self.median_s)},sigma={format_number(self.sigma)}"
         )
 
     def sample_s(self, rng: random.Random) -> float:
@@ -305,7 +307,7 @@ class Pareto:
     @property
     def spec(self) -> str:
         """``pareto:scale=X,alpha=A``."""
-        return f"pareto:scale={format_duration(self.scale_s)},alpha={_format_number(self.alpha)}"
+        return f"pareto:scale={format_duration(self.scale_s)},alpha={format_number(self.alpha)}"
 
     def sample_s(self, rng: random.Random) -> float:
         """One Pareto draw, at least ``scale_s`` and capped at :data:`MAX_LATENCY_S`."""
@@ -417,7 +419,7 @@ class Mixture:
     @property
     def spec(self) -> str:
         """``mixture:W*SPEC+W*SPEC...``."""
-        parts = (f"{_format_number(w)}*{m.spec}" for w, m in self.components)
+        parts = (f"{format_number(w)}*{m.spec}" for w, m in self.components)
         return "mixture:" + "+".join(parts)
 
     def sample_s(self, rng: random.Random) -> float:

@@ -194,7 +194,9 @@ def _budget_ms(request: web.Request, default_ms: float) -> float:
             400, f"{DEADLINE_HEADER} must be a decimal number of milliseconds, got {raw[:40]!r}"
         ) from None
     if math.isnan(value) or not 0 <= value <= MAX_BUDGET_MS:
-        raise _BadRequest(400, f"{DEADLINE_HEADER} must be in [0, {MAX_BUDGET_MS:g}], got {raw!r}")
+        raise _BadRequest(
+            400, f"{DEADLINE_HEADER} must be in [0, {MAX_BUDGET_MS:g}], got {raw[:40]!r}"
+        )
     return value
 
 

@@ -48,6 +48,7 @@ from shards.latency import (
     Constant,
     LatencyModel,
     format_duration,
+    format_number,
     parse_duration_s,
     parse_latency,
 )
@@ -109,7 +110,7 @@ class DegradeWindow:
     def spec(self) -> str:
         """``degrade=START-END*FACTOR`` (``END`` left out when unbounded)."""
         end = "" if math.isinf(self.end_s) else format_duration(self.end_s)
-        return f"degrade={format_duration(self.start_s)}-{end}*{_format_number(self.factor)}"
+        return f"degrade={format_duration(self.start_s)}-{end}*{format_number(self.factor)}"
 
     def covers(self, elapsed_s: float) -> bool:
         """True when a call starting ``elapsed_s`` after creation is degraded."""
@@ -139,9 +140,9 @@ class Behaviour:
         """The compact text form (see the module docstring)."""
         clauses = [self.latency.spec]
         if self.error_p:
-            clauses.append(f"error={_format_number(self.error_p)}")
+            clauses.append(f"error={format_number(self.error_p)}")
         if self.hang_p:
-            clauses.append(f"hang={_format_number(self.hang_p)}")
+            clauses.append(f"hang={format_number(self.hang_p)}")
         clauses.extend(window.spec for window in self.degrade)
         return ";".join(clauses)
 
@@ -157,11 +158,6 @@ class Behaviour:
             if window.covers(elapsed_s):
                 factor *= window.factor
         return factor
-
-
-def _format_number(value: float) -> str:
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
 
 
 _FAULT_KEYS = ("error", "hang", "degrade")

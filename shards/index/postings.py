@@ -23,7 +23,8 @@ from shards.index.manifest import Manifest
 
 __all__ = ["POSTINGS_BLOCK", "Expired", "Postings", "TopK"]
 
-#: Postings scored between two checks of the stop instant; about 0.1 ms of work.
+#: Postings scored between two checks of the stop instant (about 0.1 ms of work); queries
+#: with fewer postings in all are scored in one pass.
 POSTINGS_BLOCK = 1 << 16
 
 
@@ -35,8 +36,8 @@ class Expired(Exception):
 class TopK:
     """A shard's best documents: shard-local numbers and scores, best first."""
 
-    doc_nos: npt.NDArray[np.int32]
-    scores: npt.NDArray[np.float32]
+    doc_nos: npt.NDArray[np.intp]
+    scores: npt.NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.doc_nos)
@@ -49,7 +50,7 @@ class Postings:
     ids' string order. Safe to share between threads: scoring only reads.
     """
 
-    __slots__ = ("_doc_idx", "_impacts", "_indptr", "_terms", "doc_ids", "n_docs", "titles")
+    __slots__ = ("_doc_idx", "_impacts", "_spans", "doc_ids", "n_docs", "titles")
 
     def __init__(
         self,
@@ -78,9 +79,12 @@ class Postings:
         self._impacts = impacts(
             term_freq, doc_len[doc_idx], per_posting_idf, stats.avg_doc_len, params
         )
-        self._terms = {t: i for i, t in enumerate(terms)}
-        self._indptr = indptr
-        self._doc_idx = doc_idx
+        bounds = np.asarray(indptr).tolist()
+        # term -> (first, last + 1) posting: one dict probe per query term, no array lookups.
+        self._spans = {t: (bounds[i], bounds[i + 1]) for i, t in enumerate(terms)}
+        # Plain ndarray views of the memory maps: np.memmap's Python-level __getitem__ costs
+        # microseconds per slice, more than the scoring of a short posting list.
+        self._doc_idx = np.asarray(doc_idx)
         self.doc_ids = list(doc_ids)
         self.titles = list(titles)
         self.n_docs = len(self.doc_ids)
@@ -123,7 +127,7 @@ class Postings:
     @property
     def n_terms(self) -> int:
         """Distinct terms in this shard."""
-        return len(self._terms)
+        return len(self._spans)
 
     def top_k(
         self,
@@ -141,27 +145,47 @@ class Postings:
         :data:`POSTINGS_BLOCK` postings), so a query out of budget frees its worker.
         """
         # Why sorted distinct terms, each weighted by its query count: every shard (and a
-        # single index) then adds a document's impacts in the same order, so float32 sums
-        # are identical everywhere and the merged top-k equals the single-index top-k.
-        query = sorted(Counter(terms).items())
-        scores = np.zeros(self.n_docs, dtype=np.float32)
-        for term, count in query:
+        # single index) then adds a document's impacts in the same order, so its sum is
+        # identical everywhere and the merged top-k equals the single-index top-k.
+        distinct = sorted(set(terms))
+        counts = Counter(terms) if len(distinct) != len(terms) else None
+        doc_blocks: list[npt.NDArray[np.int32]] = []
+        weight_blocks: list[npt.NDArray[np.float32]] = []
+        total = 0
+        spans = self._spans
+        for term in distinct:
             _check(stop_at_s, cancelled)
-            term_id = self._terms.get(term)
-            if term_id is None:
+            span = spans.get(term)
+            if span is None:
                 continue
-            start, end = int(self._indptr[term_id]), int(self._indptr[term_id + 1])
-            for lo in range(start, end, POSTINGS_BLOCK):
-                if lo != start:
-                    _check(stop_at_s, cancelled)
-                hi = min(end, lo + POSTINGS_BLOCK)
-                weights = self._impacts[lo:hi]
-                if count != 1:
-                    weights = weights * np.float32(count)
-                # Document numbers are distinct within one term's postings, so plain
-                # fancy-index addition is exact (no np.add.at needed).
-                scores[self._doc_idx[lo:hi]] += weights
+            start, end = span
+            weights = self._impacts[start:end]
+            if counts is not None and counts[term] != 1:
+                weights = weights * np.float32(counts[term])
+            doc_blocks.append(self._doc_idx[start:end])
+            weight_blocks.append(weights)
+            total += end - start
         _check(stop_at_s, cancelled)
+        if total <= POSTINGS_BLOCK:
+            # One bincount adds every posting in array order (term order) into float64
+            # accumulators: the same sums, bit for bit, as the blockwise loop below.
+            if not doc_blocks:
+                return _select(np.zeros(self.n_docs), k)
+            scores = np.bincount(
+                np.concatenate(doc_blocks),
+                weights=np.concatenate(weight_blocks),
+                minlength=self.n_docs,
+            )
+        else:
+            scores = np.zeros(self.n_docs)
+            for docs, weights in zip(doc_blocks, weight_blocks, strict=True):
+                for lo in range(0, len(docs), POSTINGS_BLOCK):
+                    _check(stop_at_s, cancelled)
+                    hi = lo + POSTINGS_BLOCK
+                    # Document numbers are distinct within one term's postings, so plain
+                    # fancy-index addition is exact (no np.add.at needed).
+                    scores[docs[lo:hi]] += weights[lo:hi]
+            _check(stop_at_s, cancelled)
         return _select(scores, k)
 
 
@@ -172,16 +196,14 @@ def _check(stop_at_s: float, cancelled: threading.Event | None) -> None:
         raise Expired("deadline passed")
 
 
-# Why threshold, then stable sort: argpartition finds the k-th best score in O(n); keeping
-# every candidate at least that good (ties included) and sorting them stably by descending
+# Why threshold, then stable sort: partition finds the k-th best score in O(n); keeping
+# every document at least that good (ties included) and sorting them stably by descending
 # score leaves equal scores in ascending document number (= id) order, matching the global
-# merge order exactly even when ties straddle the k-th place.
-def _select(scores: npt.NDArray[np.float32], k: int) -> TopK:
-    matched = np.flatnonzero(scores).astype(np.int32)
+# merge order exactly even when ties straddle the k-th place. Unmatched documents score 0.
+def _select(scores: npt.NDArray[np.float64], k: int) -> TopK:
+    n = len(scores)
+    kth = np.partition(scores, n - k)[n - k] if n > k else 0.0
+    matched = np.flatnonzero(scores >= kth if kth > 0 else scores > 0)
     matched_scores = scores[matched]
-    if len(matched) > k:
-        kth = np.partition(matched_scores, len(matched) - k)[len(matched) - k]
-        keep = matched_scores >= kth
-        matched, matched_scores = matched[keep], matched_scores[keep]
     order = np.argsort(-matched_scores, kind="stable")[:k]
     return TopK(matched[order], matched_scores[order])

@@ -263,8 +263,9 @@ async def test_evicted_waiter_is_woken_with_overloaded() -> None:
         await a_waiters[1]
     assert loop.time() == pytest.approx(t0)
     admission.release(holder)
-    second = await b_waiter  # b holds nothing, so it goes before a's older waiter
+    first = await a_waiters[0]  # a and b now hold nothing: the older waiter goes first
+    admission.release(first)
+    second = await b_waiter
     assert second.client == "b"
     admission.release(second)
-    admission.release(await a_waiters[0])
     assert admission.queue.clients == 0

@@ -135,9 +135,7 @@ def test_empirical_reads_ms_and_draws_only_its_samples(tmp_path: Path) -> None:
         ("header\nother-header\n", "line 2"),
     ],
 )
-def test_empirical_bad_file_names_file_and_line(
-    tmp_path: Path, content: str, message: str
-) -> None:
+def test_empirical_bad_file_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:
     """A bad sample file is an InvalidSpec naming the file and the offending line."""
     path = tmp_path / "bad.txt"
     path.write_text(content)
@@ -148,7 +146,7 @@ def test_empirical_bad_file_names_file_and_line(
 
 def test_empirical_missing_file(tmp_path: Path) -> None:
     """A missing sample file is an InvalidSpec naming it."""
-    with pytest.raises(InvalidSpec, match="missing.txt"):
+    with pytest.raises(InvalidSpec, match=r"missing\.txt"):
         parse_latency(f"empirical:path={tmp_path / 'missing.txt'}")
 
 
@@ -170,9 +168,10 @@ def test_empirical_missing_file(tmp_path: Path) -> None:
             Mixture(((0.99, LogNormal(0.008, 0.5)), (0.01, Constant(1.0)))),
         ),
         (" LogNormal : sigma = 0.6 , median = 8 ms ", LogNormal(0.008, 0.6)),
-        ("mixture:0.5*constant:1e+2ms+0.5*constant:1e-2s", Mixture(
-            ((0.5, Constant(0.1)), (0.5, Constant(0.01)))
-        )),
+        (
+            "mixture:0.5*constant:1e+2ms+0.5*constant:1e-2s",
+            Mixture(((0.5, Constant(0.1)), (0.5, Constant(0.01)))),
+        ),
     ],
 )
 def test_parse_examples(text: str, model: LatencyModel) -> None:

@@ -1,0 +1,137 @@
+"""Trust the instrument: the load generator against a real loopback server, on wall time.
+
+These are the few tests where wall time is inherent (they measure the measuring tool). They
+keep runs short (a few seconds), bound every request loop, and assert one-sided or generous
+bounds so a noisy 2-core machine does not make them flaky.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from bench.loadgen import (
+    HttpSearchTarget,
+    LoadResult,
+    LoadSpec,
+    RequestResult,
+    RequestStatus,
+    run_load,
+)
+
+SERVER = Path(__file__).with_name("_sleep_server.py")
+KNOWN_LATENCY_MS = 50.0
+
+
+@pytest.fixture
+def sleep_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A server answering every request after 50 ms, in its own process."""
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), str(KNOWN_LATENCY_MS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        assert url.startswith("http://127.0.0.1:")
+        yield url, proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _drive(url: str, spec: LoadSpec, stall: tuple[float, float] | None = None, pid: int = 0) -> LoadResult:
+    """Run ``spec`` against ``url`` on uvloop; optionally SIGSTOP the server ``stall[0]`` s in
+    for ``stall[1]`` s."""
+
+    async def main() -> LoadResult:
+        loop = asyncio.get_running_loop()
+        if stall is not None:
+            at_s, for_s = stall
+            loop.call_later(at_s, os.kill, pid, signal.SIGSTOP)
+            loop.call_later(at_s + for_s, os.kill, pid, signal.SIGCONT)
+        async with HttpSearchTarget.open_session(pool_size=256, timeout_s=10.0) as session:
+            target = HttpSearchTarget(session, url, ["known latency"])
+            return await run_load(target, spec)
+
+    return uvloop.run(main())
+
+
+def test_known_latency_is_reported_within_1ms_at_p50_and_10pct_at_p99(
+    sleep_server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Against a server that answers in 50 ms, p50 is within 1 ms and p99 within 10%."""
+    url, _ = sleep_server
+    spec = LoadSpec(
+        rate_per_s=100, duration_s=3.0, warmup_s=0.5, arrivals="constant", spin_s=0.001
+    )
+    result = _drive(url, spec)
+    summary = result.latency.summary()
+    assert result.count(RequestStatus.OK) == summary.count > 200
+    assert KNOWN_LATENCY_MS - 0.05 <= summary.p50_ms <= KNOWN_LATENCY_MS + 1.0
+    assert summary.p99_ms <= KNOWN_LATENCY_MS * 1.1
+    assert result.dropped == 0
+
+
+def test_a_one_second_server_stall_shows_in_the_tail(
+    sleep_server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """A 1 s stall of the server mid-run lands in p99, p99.9 and max, not hidden (wrk2's ^Z)."""
+    url, proc = sleep_server
+    spec = LoadSpec(rate_per_s=100, duration_s=3.0, warmup_s=0.2, arrivals="constant")
+    result = _drive(url, spec, stall=(1.2, 1.0), pid=proc.pid)
+    summary = result.latency.summary()
+    # About 100 requests were intended during the stall: each waited out the rest of it.
+    assert summary.max_ms >= 900.0
+    assert summary.p999_ms >= 900.0
+    assert summary.p99_ms >= 800.0
+    assert summary.p90_ms >= 300.0
+    stalled = (result.latency_s > 0.5).sum()
+    assert stalled >= 30
+    # The generator kept sending on schedule during the stall: it was the server that stalled.
+    assert result.dropped == 0
+    assert result.lag.percentile_ms(99.0) < 100.0
+
+
+def test_generator_lag_is_measured_and_a_missed_rate_is_reported() -> None:
+    """When the generator's own loop is blocked, its lag is measured, counted in latency, and
+    the run says it did not keep the offered rate."""
+    blocked = False
+
+    async def target(index: int) -> RequestResult:
+        nonlocal blocked
+        if index == 20 and not blocked:
+            blocked = True
+            # Block the generator's loop for 60 ms (a CPU hog sharing its process).
+            end = time.perf_counter() + 0.060
+            while time.perf_counter() < end:
+                pass
+        return RequestResult(RequestStatus.OK, coverage=1.0)
+
+    async def main() -> LoadResult:
+        spec = LoadSpec(rate_per_s=400, duration_s=0.5, arrivals="constant", max_lag_s=0.010)
+        return await run_load(target, spec)
+
+    result = uvloop.run(main())
+    assert result.lag.max_ms >= 50.0
+    assert result.late_sends >= 10
+    assert not result.kept_rate
+    assert any("lag" in problem for problem in result.rate_problems())
+    # A late send's latency counts from when it should have gone, so it includes the lag.
+    assert result.latency.max_ms >= 40.0
