@@ -112,7 +112,7 @@ class LatencyHistogram:
 
     @property
     def max_ms(self) -> float:
-        """The largest value in milliseconds (within the histogram's precision); ``nan`` when empty."""
+        """The largest value in milliseconds (to 3 significant digits); ``nan`` when empty."""
         if self.count == 0:
             return math.nan
         return float(self._hist.get_max_value()) / 1000.0

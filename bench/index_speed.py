@@ -168,8 +168,10 @@ def measure(corpus_dir: Path, rounds: int, loop: str, with_process_pool: bool) -
             if not terms:
                 agree += 1
                 continue
-            docs, _ = retriever.retrieve([terms], k=_K, n_threads=1, show_progress=False)
-            agree += mine == {doc_ids[int(i)] for i in docs[0]}
+            docs, scores = retriever.retrieve([terms], k=_K, n_threads=1, show_progress=False)
+            # bm25s always returns k documents; ours only those that match a term.
+            theirs = {doc_ids[int(i)] for i, s in zip(docs[0], scores[0], strict=True) if s > 0}
+            agree += mine == theirs
 
         compute = []
         for terms in query_terms:

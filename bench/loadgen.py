@@ -120,7 +120,8 @@ class LoadSpec:
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.arrivals not in ARRIVALS:
-            raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {self.arrivals!r}")
+            choices = ", ".join(ARRIVALS)
+            raise ValueError(f"arrivals must be one of {choices}, got {self.arrivals!r}")
         if not 1 <= self.max_requests <= MAX_REQUESTS_CEILING:
             raise ValueError(f"max_requests must be in 1..{MAX_REQUESTS_CEILING}")
         if self.max_inflight < 1:
@@ -275,9 +276,7 @@ class _Run:
         )
         self.start_s = 0.0
 
-    def record(
-        self, index: int, intended_s: float, sent_s: float, outcome: RequestResult
-    ) -> None:
+    def record(self, index: int, intended_s: float, sent_s: float, outcome: RequestResult) -> None:
         end_s = self.now_s()
         r = self.result
         latency_s = max(0.0, end_s - intended_s)
@@ -333,7 +332,7 @@ async def run_load(
             if delay_s > spec.spin_s:
                 await asyncio.sleep(delay_s - spec.spin_s)
             if spec.spin_s > 0:
-                while clock() < intended_s:
+                while clock() < intended_s:  # noqa: ASYNC110 (a spin to the exact instant)
                     await asyncio.sleep(0)
             elif delay_s <= 0:
                 await asyncio.sleep(0)  # behind schedule: still let answers in between sends
@@ -362,11 +361,10 @@ async def run_load(
     end_s = clock()
     r.elapsed_s = end_s - start_s
     # Abandoned requests waited at least until now: record that lower bound, never drop it.
-    abandoned = np.flatnonzero(r.status == RequestStatus.ABANDONED)
-    for index in abandoned:
-        waited_s = max(0.0, end_s - (start_s + float(offsets[index])))
-        r.latency_s[index] = waited_s
-        if offsets[index] >= spec.warmup_s:
+    for late in np.flatnonzero(r.status == RequestStatus.ABANDONED).tolist():
+        waited_s = max(0.0, end_s - (start_s + float(offsets[late])))
+        r.latency_s[late] = waited_s
+        if offsets[late] >= spec.warmup_s:
             r.latency.record_s(waited_s)
     return r
 

@@ -3,8 +3,8 @@
 - ``spectrum.png``: the latency percentile spectrum of each run, HdrHistogram style: the x
   axis is ``1 / (1 - percentile)`` on a log scale, so p50, p90, p99, p99.9 are evenly spaced
   and the tail gets as much room as the body; latency on a log scale.
-- ``coverage.png``: coverage against deadline: median and 1st-percentile coverage of the
-  answers for each strategy at each deadline it ran with.
+- ``coverage.png``: coverage against deadline: mean and 1st-percentile (worst 1%) coverage
+  of the answers for each strategy at each deadline it ran with.
 - ``timeline.png``: latency over time: p99 (solid) and max (dotted) per half-second window of
   intended send time, so a stall or a degradation shows where it happened.
 - ``load.png`` (rate sweeps only): p99 and achieved rate against offered rate, to find the knee.
@@ -24,10 +24,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 __all__ = ["MAX_LINES", "pick_cells", "write_plots"]
 
@@ -141,6 +141,7 @@ def _coverage(results: Mapping[str, Any], path: Path) -> str | None:
     for cell in cells:
         by_strategy.setdefault(cell["strategy"]["name"], []).append(cell)
     base_rate = results["scenario"]["load"]["rate_per_s"]
+    deadlines: set[float] = set()
     for name, group in by_strategy.items():
         # One point per deadline: at the base rate if it ran there, else the first rate run.
         rates = {c["offered_rate_per_s"] for c in group}
@@ -152,15 +153,35 @@ def _coverage(results: Mapping[str, Any], path: Path) -> str | None:
         if group[0]["strategy"]["deadline_ms"] is None:  # wait_all: no deadline to plot against
             cov = group[0]["coverage"]
             ax.axhline(cov["p1"], ls=":", lw=1, color="grey")
-            ax.text(0.01, cov["p1"], f" {name} (no deadline) p1", fontsize=7, va="bottom",
-                    transform=ax.get_yaxis_transform())  # fmt: skip
+            ax.text(
+                0.01,
+                cov["p1"],
+                f" {name} (no deadline) p1",
+                fontsize=7,
+                va="bottom",
+                transform=ax.get_yaxis_transform(),
+            )
             continue
         xs = [c["strategy"]["deadline_ms"] for c in group]
-        (line,) = ax.plot(xs, [c["coverage"]["p50"] for c in group], marker="o",
-                          label=f"{name} median")  # fmt: skip
-        ax.plot(xs, [c["coverage"]["p1"] for c in group], marker="v", ls="--",
-                color=line.get_color(), label=f"{name} p1 (worst 1%)")  # fmt: skip
+        deadlines.update(xs)
+        (line,) = ax.plot(
+            xs, [c["coverage"]["mean"] for c in group], marker="o", label=f"{name} mean"
+        )
+        ax.plot(
+            xs,
+            [c["coverage"]["p1"] for c in group],
+            marker="v",
+            ls="--",
+            color=line.get_color(),
+            label=f"{name} p1 (worst 1%)",
+        )
     ax.set_xscale("log")
+    if deadlines:
+        ax.xaxis.set_major_locator(FixedLocator(sorted(deadlines)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        low, high = min(deadlines), max(deadlines)
+        ax.set_xlim(low / 1.3, high * 1.3)
     ax.set_xlabel("deadline (ms)")
     ax.set_ylabel("coverage (share of documents searched)")
     ax.set_ylim(-0.02, 1.05)
@@ -178,10 +199,10 @@ def _timeline(results: Mapping[str, Any], path: Path) -> str | None:
     for cell in cells:
         rows = [r for r in cell["timeline"] if r["p99_ms"] is not None]
         xs = [r["t_s"] for r in rows]
-        (line,) = ax.plot(xs, [max(r["p99_ms"], 1e-3) for r in rows], lw=1.5,
-                          label=f"{_label(cell, varying)} p99")  # fmt: skip
-        ax.plot(xs, [max(r["max_ms"], 1e-3) for r in rows], lw=0.8, ls=":",
-                color=line.get_color())  # fmt: skip
+        (line,) = ax.plot(
+            xs, [max(r["p99_ms"], 1e-3) for r in rows], lw=1.5, label=f"{_label(cell, varying)} p99"
+        )
+        ax.plot(xs, [max(r["max_ms"], 1e-3) for r in rows], lw=0.8, ls=":", color=line.get_color())
     if warmup_s > 0:
         ax.axvspan(0, warmup_s, color="grey", alpha=0.15, label="warm-up (not reported)")
     ax.set_yscale("log")
@@ -221,10 +242,17 @@ def _sweep(results: Mapping[str, Any], path: Path, axis: str) -> str | None:
         by_rate: dict[float, float] = {}
         for c in cells:
             achieved = c["achieved_rate_per_s"] or 0.0
-            by_rate[c["offered_rate_per_s"]] = max(by_rate.get(c["offered_rate_per_s"], 0.0),
-                                                   achieved)  # fmt: skip
-        twin.plot(rates, [by_rate[r] for r in rates], color="black", ls="--", lw=1,
-                  label="achieved rate (best strategy)")  # fmt: skip
+            by_rate[c["offered_rate_per_s"]] = max(
+                by_rate.get(c["offered_rate_per_s"], 0.0), achieved
+            )
+        twin.plot(
+            rates,
+            [by_rate[r] for r in rates],
+            color="black",
+            ls="--",
+            lw=1,
+            label="achieved rate (best strategy)",
+        )
         twin.plot(rates, rates, color="grey", ls=":", lw=1, label="offered = achieved")
         twin.set_ylabel("achieved rate (queries/s)")
         twin.legend(fontsize=7, loc="lower right")

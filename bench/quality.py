@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aggregator import Coordinator, CoordinatorConfig, Deadline, Query, ShardReply
+from aggregator import (
+    Coordinator,
+    CoordinatorConfig,
+    Deadline,
+    NoShardAnswered,
+    Query,
+    ShardReply,
+)
 from aggregator._cli import LOOP_CHOICES, run_loop
 from bench.virtual import run_virtual
 from shards.index import BM25Params, IndexShard, build_index, open_index
@@ -162,7 +169,11 @@ async def _run_queries(
     rankings: dict[str, list[str]] = {}
     coverage = 0.0
     for qid, text in queries.items():
-        response = await coordinator.search(Query(text, k=DEPTH, deadline_ms=deadline_ms))
+        try:
+            response = await coordinator.search(Query(text, k=DEPTH, deadline_ms=deadline_ms))
+        except NoShardAnswered:  # every shard was cut: an empty answer, zero coverage
+            rankings[qid] = []
+            continue
         rankings[qid] = [h.doc_id for h in response.hits]
         coverage += response.completeness.coverage
     return _Run(rankings, coverage / max(1, len(queries)))
@@ -181,9 +192,7 @@ def _coverage_run(shards: list[IndexShard], queries: Mapping[str, str], target: 
     return run_virtual(main)
 
 
-def measure(
-    collection: Collection, n_shards: int, params: BM25Params, loop: str
-) -> dict[str, Any]:
+def measure(collection: Collection, n_shards: int, params: BM25Params, loop: str) -> dict[str, Any]:
     """Run parts (a), (b) and (c); returns the JSON report."""
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         started = time.perf_counter()

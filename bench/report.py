@@ -71,9 +71,14 @@ def timeline(result: LoadResult, window_s: float = TIMELINE_WINDOW_S) -> list[di
     windows = np.floor(offsets / window_s).astype(np.int64)
     failed = np.isin(
         result.status,
-        [RequestStatus.ERROR, RequestStatus.SHED, RequestStatus.TIMEOUT, RequestStatus.ABANDONED,
-         RequestStatus.DROPPED],
-    )  # fmt: skip
+        [
+            RequestStatus.ERROR,
+            RequestStatus.SHED,
+            RequestStatus.TIMEOUT,
+            RequestStatus.ABANDONED,
+            RequestStatus.DROPPED,
+        ],
+    )
     out: list[dict[str, Any]] = []
     for w in range(int(windows.max()) + 1):
         mask = windows == w
@@ -128,10 +133,15 @@ def cell_summary(cell: Cell, result: LoadResult) -> dict[str, Any]:
         "send_rate_per_s": _round(result.send_rate_per_s, 2),
         "achieved_rate_per_s": _round(result.achieved_rate_per_s, 2),
         "goodput_per_s": _round(
-            (result.count(RequestStatus.OK, measured_only=False)
-             + result.count(RequestStatus.PARTIAL, measured_only=False)) / elapsed
-            if elapsed > 0 else math.nan, 2,
-        ),  # fmt: skip
+            (
+                result.count(RequestStatus.OK, measured_only=False)
+                + result.count(RequestStatus.PARTIAL, measured_only=False)
+            )
+            / elapsed
+            if elapsed > 0
+            else math.nan,
+            2,
+        ),
         "kept_rate": result.kept_rate,
         "rate_problems": result.rate_problems(),
         "elapsed_s": _round(elapsed),
@@ -318,8 +328,21 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         "## Completeness, failures and extra load",
         "",
         _md_table(
-            ["run", "ok", "partial", "partial share", "cov p50", "cov p10", "cov p1", "cov p0.1",
-             "error", "shed", "timeout", "abandoned", "extra req/query"],
+            [
+                "run",
+                "ok",
+                "partial",
+                "partial share",
+                "cov p50",
+                "cov p10",
+                "cov p1",
+                "cov p0.1",
+                "error",
+                "shed",
+                "timeout",
+                "abandoned",
+                "extra req/query",
+            ],
             (
                 [
                     c["key"],
@@ -332,7 +355,7 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
                 ]
                 for c in cells
             ),
-        ),  # fmt: skip
+        ),
         "",
         "Coverage columns are low percentiles: `cov p1` is the coverage that 99% of answers "
         "reached or beat.",
@@ -340,8 +363,16 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         "## The load generator",
         "",
         _md_table(
-            ["run", "sent/s", "late sends", "dropped", "lag p99 ms", "lag max ms",
-             "service p99 ms (uncorrected)", "kept rate"],
+            [
+                "run",
+                "sent/s",
+                "late sends",
+                "dropped",
+                "lag p99 ms",
+                "lag max ms",
+                "service p99 ms (uncorrected)",
+                "kept rate",
+            ],
             (
                 [
                     c["key"],
@@ -355,7 +386,7 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
                 ]
                 for c in cells
             ),
-        ),  # fmt: skip
+        ),
     ]
     knees = results.get("knees") or []
     if knees:

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import math
 import os
 import platform
@@ -68,15 +69,21 @@ Progress = Callable[[int, int], None]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` subcommand's options."""
-    parser.add_argument("scenario", type=Path, help="scenario file (TOML), e.g. bench/scenarios/healthy.toml")
-    parser.add_argument("--out", type=Path, help="output directory (default: bench-results/NAME-MODE)")
-    parser.add_argument("--target", metavar="URL", help="drive a running aggregator (base URL or its /search URL)")
+    parser.add_argument("scenario", type=Path, help="scenario file (TOML)")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: bench-results/NAME-MODE)"
+    )
+    parser.add_argument(
+        "--target", metavar="URL", help="drive a running aggregator (base or /search URL)"
+    )
     parser.add_argument("--mode", choices=MODES, help="override the scenario's mode")
-    parser.add_argument("--loop", choices=LOOP_CHOICES, default="uvloop", help="event loop in socket mode")
+    parser.add_argument(
+        "--loop", choices=LOOP_CHOICES, default="uvloop", help="event loop in socket mode"
+    )
     parser.add_argument("--duration", type=float, metavar="S", help="override [load] duration_s")
     parser.add_argument("--rate", type=float, metavar="QPS", help="override [load] rate_per_s")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary table")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
 
 
 def _search_url(target: str) -> str:
@@ -142,16 +149,19 @@ def system_process(
     """Start the system for ``cell`` in a child process; yield its search URL and a dict that
     receives its server-side counters when it stops."""
     argument = system_argument(scenario.cluster, cell.shards, cell.strategy, loop)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
+    with (
+        log_path.open("ab") as log,
+        subprocess.Popen(
             [sys.executable, "-m", "bench.serve_system", argument],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-        )
+        ) as proc,
+    ):
         counters: dict[str, Any] = {}
         try:
-            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout is not None
+            assert proc.stdin is not None
             ready, _, _ = select.select([proc.stdout], [], [], SYSTEM_START_TIMEOUT_S)
             line = proc.stdout.readline() if ready else b""
             if not line:
@@ -229,8 +239,9 @@ def run_scenario(
     url = _search_url(target) if target else None
     with make_progress(console) as bar:
         for cell in cells:
-            expected = LoadSpec(cell.rate_per_s, scenario.load.duration_s,
-                                max_requests=scenario.load.max_requests).expected_requests  # fmt: skip
+            expected = LoadSpec(
+                cell.rate_per_s, scenario.load.duration_s, max_requests=scenario.load.max_requests
+            ).expected_requests
             task = bar.add_task(cell.key, total=expected)
 
             def progress(done: int, total: int, task: Any = task) -> None:
@@ -240,13 +251,13 @@ def run_scenario(
             if mode == "virtual":
                 result = run_virtual_cell(scenario, cell, progress)
             elif url is not None:
-                result = run_loop(lambda: drive_http(url, scenario, cell, progress), loop)
+                drive = functools.partial(drive_http, url, scenario, cell, progress)
+                result = run_loop(drive, loop)
             else:
                 log_path = out_dir / "system.log"
                 with system_process(scenario, cell, loop, log_path) as (system_url, server):
-                    result = run_loop(
-                        lambda: drive_http(system_url, scenario, cell, progress), loop
-                    )
+                    drive = functools.partial(drive_http, system_url, scenario, cell, progress)
+                    result = run_loop(drive, loop)
             summary = cell_summary(cell, result)
             summary["server"] = server
             summaries.append(summary)
@@ -307,10 +318,16 @@ def run(args: argparse.Namespace) -> int:
         command=command.strip(),
     )
     if not args.quiet:
-        Console().print(summary_table(results))
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=170)
+        out.print(summary_table(results))
     kept = all(c["kept_rate"] for c in results["cells"])
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.md'}")
     if not kept:
-        print("warning: the load generator did not keep the offered rate in every run "
-              "(see the report's load generator table)", file=sys.stderr)  # fmt: skip
+        print(
+            "warning: the load generator did not keep the offered rate in every run "
+            "(see the report's load generator table)",
+            file=sys.stderr,
+        )
     return 0

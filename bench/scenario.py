@@ -25,8 +25,9 @@ A scenario is a TOML file (see ``bench/scenarios/*.toml``)::
     max_concurrency = 64               # per shard server (socket mode)
     workers = 2                        # optional: finite capacity per shard copy
     max_queue = 64                     # calls waiting for a worker; overflow is rejected
-    [cluster.slow]                     # shard index -> its own behaviour spec
-    0 = "constant:80ms"
+    [cluster.slow]                     # shards that behave differently (shards.sim specs):
+    0 = "constant:80ms"                #   every replica of shard 0
+    "3/0" = "lognormal:median=50ms,sigma=0.5;error=0.1"   # only replica 0 of shard 3
 
     [query]
     texts = ["tail latency", "hedged requests"]
@@ -112,11 +113,19 @@ class ClusterConfig:
     max_concurrency: int = 64
     workers: int | None = None
     max_queue: int = 64
-    slow: tuple[tuple[int, str], ...] = ()
+    #: ``(shard index, replica index or None for every replica, behaviour spec)``
+    slow: tuple[tuple[int, int | None, str], ...] = ()
 
-    def slow_map(self) -> dict[int, str]:
-        """``{shard index: behaviour spec}`` for shards that do not follow ``latency``."""
-        return dict(self.slow)
+    def behaviour_of(self, shard: int, replica: int) -> str:
+        """The behaviour spec of one copy of one shard (a replica-specific entry wins)."""
+        spec = self.latency
+        for index, copy, override in self.slow:
+            if index == shard and copy is None:
+                spec = override
+        for index, copy, override in self.slow:
+            if index == shard and copy == replica:
+                spec = override
+        return spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,32 +349,37 @@ def _parse_cluster(t: _Table) -> ClusterConfig:
         _validate_shard_spec(latency)
     except AggregatorError as exc:
         raise t.fail("latency", str(exc)) from None
-    slow: list[tuple[int, str]] = []
-    for raw_index, spec in t.table_of("slow").items():
-        key = f"slow.{raw_index}"
+    replicas = t.integer("replicas", d.replicas, low=1, high=8)
+    slow: list[tuple[int, int | None, str]] = []
+    for raw_key, spec in t.table_of("slow").items():
+        key = f"slow.{raw_key}"
+        shard_text, sep, replica_text = raw_key.partition("/")
         try:
-            index = int(raw_index)
+            index = int(shard_text)
+            replica = int(replica_text) if sep else None
         except ValueError:
-            raise t.fail(key, "the key must be a shard index (0, 1, ...)") from None
+            raise t.fail(key, "the key must be SHARD or SHARD/REPLICA, e.g. 3 or 3/0") from None
         if not 0 <= index < shards:
             raise t.fail(key, f"shard index must be in 0..{shards - 1}")
+        if replica is not None and not 0 <= replica < replicas:
+            raise t.fail(key, f"replica index must be in 0..{replicas - 1}")
         if not isinstance(spec, str):
             raise t.fail(key, f"must be a behaviour spec string, got {spec!r}")
         try:
             _validate_shard_spec(spec)
         except AggregatorError as exc:
             raise t.fail(key, str(exc)) from None
-        slow.append((index, spec))
+        slow.append((index, replica, spec))
     cluster = ClusterConfig(
         shards=shards,
-        replicas=t.integer("replicas", d.replicas, low=1, high=8),
+        replicas=replicas,
         docs_per_shard=t.integer("docs_per_shard", d.docs_per_shard, low=1, high=10**9),
         latency=latency,
         seed=t.integer("seed", d.seed),
         max_concurrency=t.integer("max_concurrency", d.max_concurrency, low=1, high=100_000),
         workers=t.integer("workers", 0, low=1, high=100_000) or None,
         max_queue=t.integer("max_queue", d.max_queue, low=0, high=1_000_000),
-        slow=tuple(sorted(slow)),
+        slow=tuple(sorted(slow, key=lambda item: (item[0], -1 if item[1] is None else item[1]))),
     )
     t.check_unknown()
     return cluster
@@ -472,7 +486,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "<scenario>") -> Scena
     if len(cells) > MAX_CELLS:
         raise top.fail("sweep", f"expands to {len(cells)} runs; at most {MAX_CELLS} allowed")
     for width in sweep.shards:
-        for index, _ in cluster.slow:
+        for index, _, _ in cluster.slow:
             if index >= width:
                 raise top.fail(
                     "sweep",

@@ -33,7 +33,9 @@ from shards.local_cluster import LocalShardCluster
 __all__ = ["system_argument"]
 
 
-def system_argument(cluster: ClusterConfig, shards: int, strategy: StrategyConfig, loop: str) -> str:
+def system_argument(
+    cluster: ClusterConfig, shards: int, strategy: StrategyConfig, loop: str
+) -> str:
     """The command-line argument describing one system to serve."""
     return orjson.dumps(
         {
@@ -48,7 +50,9 @@ def system_argument(cluster: ClusterConfig, shards: int, strategy: StrategyConfi
 def _parse_argument(text: str) -> tuple[ClusterConfig, int, StrategyConfig, str]:
     data = orjson.loads(text)
     raw_cluster = dict(data["cluster"])
-    raw_cluster["slow"] = tuple((int(i), str(spec)) for i, spec in raw_cluster["slow"])
+    raw_cluster["slow"] = tuple(
+        (int(i), None if r is None else int(r), str(spec)) for i, r, spec in raw_cluster["slow"]
+    )
     cluster = ClusterConfig(**raw_cluster)
     strategy = StrategyConfig(**data["strategy"])
     return cluster, int(data["shards"]), strategy, str(data["loop"])
@@ -70,9 +74,10 @@ async def _wait_for_stdin_eof() -> None:
 async def serve(cluster: ClusterConfig, shards: int, strategy: StrategyConfig) -> dict[str, Any]:
     """Serve until stdin closes; return server-side counters."""
     backends = build_backends(cluster, shards)
+    client_config = ShardClientConfig(max_connections_per_shard=64, max_connections=4096)
     async with (
         LocalShardCluster(backends, max_concurrency=cluster.max_concurrency) as local,
-        ShardClient(ShardClientConfig(max_connections_per_shard=64, max_connections=4096)) as client,
+        ShardClient(client_config) as client,
     ):
         remote = [HttpShard(e.name, e.url, e.doc_count, client) for e in local.endpoints]
         coordinator = build_coordinator(

@@ -9,18 +9,18 @@ HTTP in a separate process (:mod:`bench.serve_system`) and drives it with
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
-from typing import Any
 
 from aggregator.backend import ShardBackend
 from aggregator.coordinator import Coordinator, CoordinatorConfig
-from aggregator.errors import ConfigError, NoShardAnswered, Overloaded
+from aggregator.errors import NoShardAnswered, Overloaded
 from aggregator.plan import Planner
 from aggregator.types import Query, SearchResponse
 from bench.capacity import WorkerPool
 from bench.loadgen import RequestResult, RequestStatus, Target
 from bench.scenario import ClusterConfig, StrategyConfig
-from shards.sim import simulated_cluster
+from shards.sim import SimulatedShard
 
 __all__ = [
     "build_backends",
@@ -40,18 +40,19 @@ def build_backends(cluster: ClusterConfig, shards: int) -> list[ShardBackend]:
     run is reproducible for a fixed order of calls. With ``cluster.workers`` set, each copy has
     finite capacity (:class:`bench.capacity.WorkerPool`).
     """
-    slow = {i: spec for i, spec in cluster.slow if i < shards}
+    width = max(2, len(str(shards - 1)))  # the names simulated_cluster gives
     backends: list[ShardBackend] = []
     for replica in range(cluster.replicas):
-        copies = simulated_cluster(
-            shards,
-            cluster.latency,
-            seed=cluster.seed + 1000 * replica,
-            docs_per_shard=cluster.docs_per_shard,
-            slow=slow,
-            vary_by_call=True,
-        )
-        for copy in copies:
+        for i in range(shards):
+            # Replicas share name and documents; each draws its own latencies.
+            copy = SimulatedShard(
+                f"shard-{i:0{width}d}",
+                cluster.docs_per_shard,
+                cluster.behaviour_of(i, replica),
+                seed=cluster.seed,
+                replica=f"r{replica}",
+                vary_by_call=True,
+            )
             if cluster.workers is None:
                 backends.append(copy)
             else:
@@ -61,35 +62,37 @@ def build_backends(cluster: ClusterConfig, shards: int) -> list[ShardBackend]:
     return backends
 
 
-def build_planner(strategy: StrategyConfig) -> Planner | None:
-    """The planner a strategy needs (``None``: the coordinator's default).
+def build_planner(strategy: StrategyConfig, seed: int = 0) -> Planner | None:
+    """The planner a strategy needs (``None``: the coordinator's default, one request per
+    shard to its first replica).
 
-    ``hedged`` uses :class:`aggregator.TailTolerantPlanner` with the strategy's fixed hedge
-    delay, or its adaptive delay when ``hedge_after_ms`` is not set.
+    ``hedged`` uses :class:`aggregator.tail.TailTolerantPlanner`: a backup request to another
+    replica after ``hedge_after_ms``, or after the shard's rolling p95 when that is not set;
+    backups capped at 5% of primary requests (its defaults). Its random choices are seeded.
     """
     if strategy.kind != "hedged":
         return None
-    import aggregator
-
-    TailTolerantPlanner: Any = getattr(aggregator, "TailTolerantPlanner", None)
-    if TailTolerantPlanner is None:
-        raise ConfigError("strategy 'hedged' needs aggregator.TailTolerantPlanner (not built)")
+    from aggregator.tail import TailConfig, TailTolerantPlanner
 
     if strategy.hedge_after_ms is None:
-        planner: Planner = TailTolerantPlanner()
+        config = TailConfig()
     else:
-        planner = TailTolerantPlanner(hedge_after_ms=strategy.hedge_after_ms)
-    return planner
+        config = TailConfig(hedge_after_s=strategy.hedge_after_ms / 1000.0)
+    return TailTolerantPlanner(config, rng=random.Random(seed))
 
 
 def build_coordinator(
-    backends: Sequence[ShardBackend], strategy: StrategyConfig, *, max_inflight_per_shard: int
+    backends: Sequence[ShardBackend],
+    strategy: StrategyConfig,
+    *,
+    max_inflight_per_shard: int,
+    seed: int = 0,
 ) -> Coordinator:
     """A coordinator over ``backends`` answering as ``strategy`` says."""
     config = CoordinatorConfig(
         default_deadline_ms=strategy.budget_ms, max_inflight_per_shard=max_inflight_per_shard
     )
-    return Coordinator(backends, config=config, planner=build_planner(strategy))
+    return Coordinator(backends, config=config, planner=build_planner(strategy, seed))
 
 
 def query_for(strategy: StrategyConfig, text: str, k: int) -> Query:

@@ -109,10 +109,13 @@ async def _run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, 
     interval_s = args.interval_ms / 1000.0
     start_s = loop.time()
     budget_at_warmup: tuple[int, int] = (0, 0)
+    # One query text for all: each shard's answer is then computed once and memoised, while
+    # ``vary_by_call`` still gives every request its own latency draw.
+    query = Query("tail at scale", k=10)
 
     async def one(i: int, intended_s: float) -> None:
         try:
-            response = await coordinator.search(Query(f"query {i}", k=10))
+            response = await coordinator.search(query)
             # From the intended start: a late send counts against the system.
             latencies_ms[i] = (loop.time() - intended_s) * 1000.0
             if response.completeness.shards_ok != args.shards:
@@ -145,7 +148,8 @@ async def _run_setting(setting: Setting, args: argparse.Namespace) -> dict[str, 
         "p99_ms": float(np.percentile(measured, 99)),
         "p999_ms": float(np.percentile(measured, 99.9)),
         "max_ms": float(measured.max()),
-        "frac_over_1s": float(np.mean(measured >= 1000.0)),
+        # 1 s or more, give or take float rounding of the virtual clock (a microsecond).
+        "frac_over_1s": float(np.mean(measured >= 1000.0 - 1e-3)),
         "incomplete": int(np.isinf(measured).sum()),
         "extra_requests_pct": 100.0 * backups / primaries if primaries else 0.0,
         "hedges_sent": sum(int(s["hedges_sent"]) for s in states),  # type: ignore[call-overload]

@@ -1,14 +1,16 @@
 """Bounded executors that run BM25 scoring off the event loop.
 
-Why threads by default (measured with ``python -m bench index`` on SciFact, 2 cores, see
-``bench/RESULTS.md``): one shard's query is 20-200 microseconds of numpy work, while a process
-pool adds two pickling hops and a pipe round trip per query (hundreds of microseconds, several
-times the work itself) and needs the index loaded once per process. A thread hop costs a few
-tens of microseconds, numpy releases the GIL inside its array loops, and a worker thread
+Why threads by default, by measurement (``python -m bench index``, SciFact in 8 shards, one
+query at a time on one pinned core of the 2-core machine; figures in ``bench/RESULTS.md``):
+scoring one shard takes p50 0.09 ms (p99 0.17 ms) of numpy work; a full ``IndexShard.search``
+through this thread pool costs p50 0.26 ms (p99 0.49 ms), through a process pool p50 0.75 ms
+(p99 1.0 ms; 5.5 ms in another run). The process hop pickles the query and the result and
+crosses a pipe twice, several times the work itself, and every worker must hold the index too.
+Threads share the index, numpy releases the GIL inside its array loops, and a worker thread
 cannot crash the way a process can (a Python exception in it becomes the query's ``error``
-outcome; the thread lives on). :class:`ProcessScoringPool` remains for scoring heavy enough to
-need more than one core's worth of Python: a worker that dies is replaced and every query it
-held gets an ``error`` outcome, never a hang.
+outcome; the thread lives on). :class:`ProcessScoringPool` remains for corpora whose queries
+are heavy enough to need more than one core of Python: a worker that dies is replaced and every
+query it held gets an ``error`` outcome, never a hang.
 
 Both pools are bounded twice: ``max_workers`` threads or processes, and at most
 ``max_pending`` queries admitted (running or queued). Overflow policy: shed, raising

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -166,16 +167,18 @@ class Postings:
             weight_blocks.append(weights)
             total += end - start
         _check(stop_at_s, cancelled)
+        scores: npt.NDArray[np.float64]
         if total <= POSTINGS_BLOCK:
             # One bincount adds every posting in array order (term order) into float64
             # accumulators: the same sums, bit for bit, as the blockwise loop below.
             if not doc_blocks:
                 return _select(np.zeros(self.n_docs), k)
-            scores = np.bincount(
+            summed = np.bincount(
                 np.concatenate(doc_blocks),
                 weights=np.concatenate(weight_blocks),
                 minlength=self.n_docs,
             )
+            scores = cast("npt.NDArray[np.float64]", summed)
         else:
             scores = np.zeros(self.n_docs)
             for docs, weights in zip(doc_blocks, weight_blocks, strict=True):
@@ -184,7 +187,7 @@ class Postings:
                     hi = lo + POSTINGS_BLOCK
                     # Document numbers are distinct within one term's postings, so plain
                     # fancy-index addition is exact (no np.add.at needed).
-                    scores[docs[lo:hi]] += weights[lo:hi]
+                    scores[docs[lo:hi]] += weights[lo:hi].astype(np.float64)
             _check(stop_at_s, cancelled)
         return _select(scores, k)
 

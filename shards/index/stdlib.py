@@ -41,13 +41,14 @@ __all__ = [
 ]
 
 #: Modules never imported: side effects on import (a browser, printed text, a GUI, grammar
-#: files written next to the library, terminal state), platform-only, or test suites.
+#: files written next to the library, terminal state), platform-only, test suites, or
+#: documented through another module (``posix`` through ``os``).
 SKIPPED_MODULES = frozenset(
     {
         "antigravity", "this", "tkinter", "turtle", "turtledemo", "idlelib", "test",
         "lib2to3", "readline", "rlcompleter", "pydoc_data", "ensurepip", "distutils",
         "msilib", "winreg", "winsound", "msvcrt", "nt", "site", "sitecustomize",
-        "usercustomize", "xxsubtype", "xxlimited", "xxlimited_35",
+        "usercustomize", "xxsubtype", "xxlimited", "xxlimited_35", "posix",
     }
 )  # fmt: skip
 #: Submodule name parts that are never imported (tests, scripts, codec tables).
@@ -116,7 +117,7 @@ def _import_quietly(name: str) -> ModuleType | None:
 def _title(qualname: str, obj: object) -> str:
     try:
         signature = str(inspect.signature(obj))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except Exception:  # no signature, or one that fails to evaluate
         signature = ""
     title = f"{qualname}{signature}"
     return title if len(title) <= MAX_TITLE_CHARS else title[: MAX_TITLE_CHARS - 3] + "..."
@@ -130,27 +131,34 @@ def _doc(obj: object) -> str:
 
 
 def _is_own(obj: object, module: ModuleType, name: str) -> bool:
+    """True when ``module`` is where users find ``obj``: it defines or explicitly exports it.
+
+    ``__all__`` makes a re-export public (``json.JSONDecoder``, ``asyncio.gather``,
+    ``os.listdir``); without one, C accelerators (``_heapq``) count as the module's own.
+    """
     owner = getattr(obj, "__module__", None)
     if owner == module.__name__:
         return True
-    # C accelerators (``_heapq``, ``_functools``, ``_io``) define what the public module
-    # exports; count them as the public module's own, once.
     exported = getattr(module, "__all__", None)
-    return (
-        isinstance(owner, str) and owner.startswith("_") and (exported is None or name in exported)
-    )
+    if exported is not None:
+        return isinstance(exported, list | tuple) and name in exported
+    return isinstance(owner, str) and owner.startswith("_")
 
 
-def _module_documents(module: ModuleType) -> Iterator[Document]:
+def _module_documents(module: ModuleType, seen_objects: set[int]) -> Iterator[Document]:
+    # Why track objects: a class re-exported by its package (``json.JSONDecoder``) is also
+    # defined in a submodule (``json.decoder``); modules are visited package first, so each
+    # object is documented once, under the name users type.
     modname = module.__name__
     doc = _doc(module)
     if doc:
         first = doc.strip().splitlines()[0]
         yield Document(modname, f"{modname} — {first}"[:MAX_TITLE_CHARS], doc)
     for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or not _is_own(obj, module, name):
+        if name.startswith("_") or id(obj) in seen_objects or not _is_own(obj, module, name):
             continue
         if inspect.isclass(obj):
+            seen_objects.add(id(obj))
             qual = f"{modname}.{name}"
             class_doc = _doc(obj)
             if class_doc and class_doc != _doc(object):
@@ -167,6 +175,7 @@ def _module_documents(module: ModuleType) -> Iterator[Document]:
                     member_qual = f"{qual}.{attr}"
                     yield Document(member_qual, _title(member_qual, target), member_doc)
         elif inspect.isroutine(obj):
+            seen_objects.add(id(obj))
             routine_doc = _doc(obj)
             if routine_doc:
                 qual = f"{modname}.{name}"
@@ -180,11 +189,16 @@ def stdlib_documents(modules: Iterable[str] | None = None) -> Iterator[Document]
     call it in a child process for the whole library (as :func:`builtin_index_dir` does).
     """
     seen: set[str] = set()
+    seen_objects: set[int] = set()
     for name in stdlib_module_names() if modules is None else modules:
         module = _import_quietly(name)
         if module is None:
             continue
-        for doc in _module_documents(module):
+        try:
+            docs = list(_module_documents(module, seen_objects))
+        except Exception:  # introspection broke on this module: skip it
+            continue
+        for doc in docs:
             if doc.doc_id not in seen:
                 seen.add(doc.doc_id)
                 yield doc
@@ -235,11 +249,12 @@ def builtin_index_dir(
     return index_dir
 
 
-def _gather_in_child(out: Path) -> None:
+def _gather_in_child(out: Path, modules: Iterable[str] = ()) -> None:
+    """Write the corpus of ``modules`` (default: the whole library) from a child process."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
     try:
         subprocess.run(
-            [sys.executable, "-c", _CHILD_CODE, str(out)],
+            [sys.executable, "-c", _CHILD_CODE, str(out), *modules],
             check=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -272,7 +287,10 @@ def _build_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-_CHILD_CODE = "import sys; from shards.index.stdlib import write_corpus; write_corpus(sys.argv[1])"
+_CHILD_CODE = (
+    "import sys; from shards.index.stdlib import write_corpus; "
+    "write_corpus(sys.argv[1], sys.argv[2:] or None)"
+)
 
 
 def write_corpus(out: Path | str, modules: Iterable[str] | None = None) -> int:

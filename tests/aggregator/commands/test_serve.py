@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from aggregator._cli import run_commands
 from aggregator.__main__ import COMMANDS
+from aggregator._cli import run_commands
 from shards.local_cluster import LocalShardCluster
 from shards.sim import simulated_cluster
 
@@ -75,11 +75,19 @@ async def get(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[
 
 
 async def test_builtin_cluster_serves_queries_and_stops_with_status_0() -> None:
-    """Without --config: healthz and a query answer; SIGTERM ends it with exit status 0."""
-    async with serve("--simulated") as served, aiohttp.ClientSession() as session:
+    """Without --config: healthz and a query answer (bearer token from the environment);
+    SIGTERM ends it with exit status 0."""
+    auth = {"Authorization": "Bearer t0ken"}
+    async with (
+        serve("--simulated", env={"AGGREGATOR_TOKEN": "t0ken"}) as served,
+        aiohttp.ClientSession() as session,
+    ):
         status, health = await get(session, served.url + "/healthz")
         assert (status, health["status"]) == (200, "ok")
-        status, body = await get(session, served.url + "/search", params={"q": "asyncio", "k": "3"})
+        status, body = await get(session, served.url + "/search", params={"q": "x"})
+        assert (status, body["error"]["type"]) == (401, "Unauthorized")
+        params = {"q": "asyncio", "k": "3"}
+        status, body = await get(session, served.url + "/search", params=params, headers=auth)
         assert status == 200
         assert len(body["hits"]) == 3
         assert body["completeness"]["shards_total"] == health["shards"]
@@ -95,9 +103,7 @@ async def test_sigterm_lets_in_flight_queries_finish(tmp_path: Path) -> None:
             query = asyncio.ensure_future(
                 get(session, served.url + "/search", params={"q": "x", "deadline_ms": "5000"})
             )
-            async with asyncio.timeout(10):
-                while not all(cluster.state(i).in_flight == 1 for i in range(2)):
-                    await asyncio.sleep(0.005)
+            await _until(lambda: all(cluster.state(i).in_flight == 1 for i in range(2)))
             served.process.send_signal(signal.SIGTERM)
             status, body = await query
             assert status == 200
@@ -114,22 +120,6 @@ async def test_workers_share_one_port_and_stop_with_status_0() -> None:
             for _ in range(4):
                 status, _ = await get(session, served.url + "/search", params={"q": "x"})
                 assert status == 200
-        assert await served.stop() == 0
-
-
-async def test_token_from_the_environment_guards_search() -> None:
-    """With $AGGREGATOR_TOKEN set, /search needs the bearer token; /healthz does not."""
-    async with (
-        serve("--simulated", env={"AGGREGATOR_TOKEN": "t0ken"}) as served,
-        aiohttp.ClientSession() as session,
-    ):
-        assert (await get(session, served.url + "/healthz"))[0] == 200
-        status, body = await get(session, served.url + "/search", params={"q": "x"})
-        assert (status, body["error"]["type"]) == (401, "Unauthorized")
-        headers = {"Authorization": "Bearer t0ken"}
-        assert (await get(session, served.url + "/search", params={"q": "x"}, headers=headers))[
-            0
-        ] == 200
         assert await served.stop() == 0
 
 
@@ -150,6 +140,15 @@ def test_bad_input_is_one_line_and_status_2(
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` (state in another process has no event to wait on); 10 s hang guard."""
+    async with asyncio.timeout(10):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.005)
 
 
 def _write_config(tmp_path: Path, urls: Sequence[str]) -> Path:
