@@ -44,6 +44,8 @@ from aggregator.types import Hit, OutcomeStatus, Query, ShardOutcome, ShardReply
 __all__ = ["ShardCall", "ShardResult", "drive_shard", "validate_reply"]
 
 _NO_FEEDBACK = NoFeedback()
+#: How early a timer may fire relative to its target (loop clock resolution), in seconds.
+_TIMER_SLACK_S = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +287,19 @@ async def _drive_hedged(call: ShardCall, hedge_after_s: float) -> ShardReply:
     # Insertion order is launch order: ties in one loop turn go to the earlier copy.
     in_flight: dict[asyncio.Task[ShardReply], tuple[int, AttemptKind]] = {}
 
+    # One future per wait, woken by whichever comes first: a copy finishing or the hedge
+    # timer. Cheaper than asyncio.wait, which re-registers callbacks on every copy each time.
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def on_event(_: object = None) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
     def launch(position: int, kind: AttemptKind) -> float:
         replica = _start(call, position)
-        in_flight[loop.create_task(_attempt(call, replica, kind))] = (replica, kind)
+        task = loop.create_task(_attempt(call, replica, kind))
+        task.add_done_callback(on_event)
+        in_flight[task] = (replica, kind)
         return clock.now_s()
 
     first = _next_admitted(call, 0)
@@ -300,14 +312,22 @@ async def _drive_hedged(call: ShardCall, hedge_after_s: float) -> ShardReply:
     error: BaseException | None = None
     try:
         while True:
-            timeout_s: float | None = None
+            timer: asyncio.TimerHandle | None = None
             if may_hedge and next_position < len(replicas):
-                timeout_s = max(0.0, last_launch_s + hedge_after_s - clock.now_s())
-            done, _ = await asyncio.wait(
-                in_flight, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+                delay_s = max(0.0, last_launch_s + hedge_after_s - clock.now_s())
+                timer = loop.call_later(delay_s, on_event)
+            try:
+                await wake
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            wake = loop.create_future()
+            done = [t for t in in_flight if t.done()]
             if not done:
                 now_s = clock.now_s()
+                hedge_due = may_hedge and next_position < len(replicas)
+                if not hedge_due or now_s < last_launch_s + hedge_after_s - _TIMER_SLACK_S:
+                    continue  # woken by a copy already handled: wait again
                 position = _next_admitted(call, next_position)
                 if (
                     position is None
@@ -320,7 +340,7 @@ async def _drive_hedged(call: ShardCall, hedge_after_s: float) -> ShardReply:
                 last_launch_s = launch(position, AttemptKind.HEDGE)
                 next_position = position + 1
                 continue
-            for task in [t for t in in_flight if t in done]:
+            for task in done:
                 replica, kind = in_flight.pop(task)
                 if task.cancelled():  # not by us: count it as a failed copy
                     error = error or ShardError("request to the replica was cancelled")

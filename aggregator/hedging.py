@@ -96,7 +96,7 @@ class PercentileHedgeDelay:
         percentile: float = 95.0,
         window_s: float = 30.0,
         refresh_s: float = 3.0,
-        min_samples: int = 50,
+        min_samples: int = 100,
         max_samples: int = 10_000,
         fallback_s: float | None = None,
         min_delay_s: float = 0.0,
@@ -162,7 +162,10 @@ class PercentileHedgeDelay:
             window.cached_s = None
             return
         latencies = np.fromiter((s for _, s in samples), dtype=np.float64, count=len(samples))
-        window.cached_s = float(np.percentile(latencies, self.percentile))
+        # The empirical quantile (smallest sample with at least ``percentile`` below or at
+        # it, as HdrHistogram reports): no interpolation towards a rare 1 s outlier, which
+        # in a young window would drag the delay up by tens of milliseconds.
+        window.cached_s = float(np.percentile(latencies, self.percentile, method="inverted_cdf"))
 
 
 class BackupBudget:

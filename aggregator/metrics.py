@@ -173,29 +173,38 @@ class ServiceMetrics:
             self.in_flight.set_function(lambda: admission.in_flight)
             self.waiting.set_function(lambda: admission.waiting)
             r.register(_AdmissionCollector(admission))
-        for name in self.shard_names:  # every series exists from the start, at zero
-            self.shard_latency.labels(name)
-            for status in OutcomeStatus:
-                self.shard_outcomes.labels(name, status.value)
+        # Every series exists from the start, at zero; the children are looked up once here,
+        # not per query (a label lookup costs more than the increment it leads to).
+        self._latency_child = {name: self.shard_latency.labels(name) for name in self.shard_names}
+        self._outcome_child = {
+            (name, status): self.shard_outcomes.labels(name, status.value)
+            for name in self.shard_names
+            for status in OutcomeStatus
+        }
+        self._response_child: dict[int, Any] = {}
 
     # -- recording --------------------------------------------------------------------------
 
     def observe_outcomes(self, outcomes: Iterable[ShardOutcome]) -> None:
         """Record each shard's outcome of one query (unknown shard names are ignored)."""
         for outcome in outcomes:
-            counts = self._outcome_counts.get(outcome.shard)
+            name = outcome.shard
+            counts = self._outcome_counts.get(name)
             if counts is None:
                 continue
-            status = outcome.status.value
-            counts[status] += 1
-            self.shard_outcomes.labels(outcome.shard, status).inc()
-            if outcome.status is not OutcomeStatus.SKIPPED:
-                self.shard_latency.labels(outcome.shard).observe(outcome.latency_ms / 1000.0)
-                self._recent[outcome.shard].record_ms(outcome.latency_ms)
+            status = outcome.status
+            counts[status.value] += 1
+            self._outcome_child[name, status].inc()
+            if status is not OutcomeStatus.SKIPPED:
+                self._latency_child[name].observe(outcome.latency_ms / 1000.0)
+                self._recent[name].record_ms(outcome.latency_ms)
 
     def observe_response(self, code: int, latency_s: float | None = None) -> None:
         """Count one ``/search`` response; ``latency_s`` for answered queries."""
-        self.http_responses.labels(str(code)).inc()
+        child = self._response_child.get(code)
+        if child is None:
+            child = self._response_child[code] = self.http_responses.labels(str(code))
+        child.inc()
         if latency_s is not None:
             self.query_latency.observe(latency_s)
 

@@ -143,10 +143,10 @@ def create_app(
             shard_urls=dict(shard_urls) if shard_urls is not None else _urls_of(coordinator),
         )
     service = _Service(coordinator, admission, metrics, settings)
-    app = web.Application(
-        middlewares=[_error_middleware, _auth_middleware(settings.token)],
-        client_max_size=settings.max_body_bytes,
-    )
+    middlewares: list[Middleware] = [_error_middleware]
+    if settings.token is not None:  # no token, no extra layer on every request
+        middlewares.append(_auth_middleware(settings.token))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SERVICE_KEY] = service
     app.router.add_get("/search", service.search, allow_head=False)
     app.router.add_post("/search", service.search)
@@ -215,12 +215,12 @@ async def _error_middleware(request: web.Request, handler: _Handler) -> web.Stre
         return error_response(500, "InternalError", "internal error")
 
 
-def _auth_middleware(token: str | None) -> Middleware:
-    expected = None if token is None else f"Bearer {token}".encode()
+def _auth_middleware(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if expected is None or request.path == "/healthz":
+        if request.path == "/healthz":
             return await handler(request)
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         # Constant-time comparison: the time taken must not reveal how much of it matched.

@@ -56,7 +56,7 @@ class TailConfig:
     hedge_percentile: float | None = 95.0
     hedge_window_s: float = 30.0
     hedge_refresh_s: float = 3.0
-    hedge_min_samples: int = 50
+    hedge_min_samples: int = 100
     hedge_min_delay_s: float = 0.0
     backup_share: float = 0.05
     backup_burst: float = 100.0

@@ -288,6 +288,20 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _load(load_average: Sequence[float] | None) -> str:
+    if not load_average:
+        return "unknown"
+    return " / ".join(f"{x:.2f}" for x in load_average) + " (1 / 5 / 15 min)"
+
+
+def _per_query_ms(cell: Mapping[str, Any], key: str) -> str:
+    cpu_s = cell["server"].get(key)
+    sent = cell["requests"]["sent"]
+    if cpu_s is None or not sent:
+        return "-"
+    return _fmt(1000.0 * cpu_s / sent)
+
+
 def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """``report.md``: what ran, the latency table, completeness, rate keeping, knees, plots."""
     sc = results["scenario"]
@@ -300,7 +314,8 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         f"Command: `{results['command']}`  ",
         f"Started {results['started_at']}, took {results['elapsed_s']:.1f} s; "
         f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
-        f"loop {results['machine']['loop']}.  ",
+        f"loop {results['machine']['loop']}, load average at start "
+        f"{_load(results['machine'].get('load_average'))}.  ",
         f"Load: {sc['load']['arrivals']} arrivals, {sc['load']['duration_s']:g} s per run "
         f"({sc['load']['warmup_s']:g} s warm-up not reported), at most "
         f"{sc['load']['max_inflight']} in flight (beyond: dropped and counted). "
@@ -388,6 +403,44 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
             ),
         ),
     ]
+    served = [c for c in cells if c.get("server")]
+    if served:
+        out += [
+            "",
+            "## The system under test (socket mode)",
+            "",
+            "CPU per query is the CPU time each process used while serving, divided by the "
+            "queries sent (warm-up included).",
+            "",
+            _md_table(
+                [
+                    "run",
+                    "aggregator CPU ms/query",
+                    "shards CPU ms/query",
+                    "shard requests",
+                    "shard 429s",
+                    "shard timeouts",
+                    "shard errors",
+                ],
+                (
+                    [
+                        c["key"],
+                        _per_query_ms(c, "aggregator_cpu_s"),
+                        _per_query_ms(c, "shards_cpu_s"),
+                        *(
+                            str(c["server"].get(k, "-"))
+                            for k in (
+                                "shard_requests_served",
+                                "shard_requests_shed",
+                                "shard_requests_timed_out",
+                                "shard_requests_failed",
+                            )
+                        ),
+                    ]
+                    for c in served
+                ),
+            ),
+        ]
     knees = results.get("knees") or []
     if knees:
         out += [

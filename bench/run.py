@@ -6,9 +6,10 @@ load and the same shard behaviour (a degradation "mid-run" happens at the same m
 each). Two modes:
 
 ``sockets`` (default)
-    The system (simulated shard servers and the aggregator's HTTP service, on 127.0.0.1) runs
-    in a separate process (:mod:`bench.serve_system`), so the load generator in this process
-    never starves it of CPU; queries travel over real loopback HTTP. With ``--target URL`` an
+    The system runs in two child processes on 127.0.0.1 (:mod:`bench.serve_system`): the
+    simulated shard servers in one, the aggregator's HTTP service in the other, so neither
+    shares a CPU with the other or with the load generator in this process; queries and shard
+    calls travel over real loopback HTTP. With ``--target URL`` an
     already running aggregator is driven instead, and strategies differ only in the query
     parameters they send (``deadline_ms``, ``min_coverage``).
 ``virtual``
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from rich.console import Console
@@ -142,47 +143,88 @@ def run_virtual_cell(scenario: Scenario, cell: Cell, progress: Progress | None) 
 # -- socket mode ------------------------------------------------------------------------------
 
 
-@contextmanager
-def system_process(
-    scenario: Scenario, cell: Cell, loop: str, log_path: Path
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Start the system for ``cell`` in a child process; yield its search URL and a dict that
-    receives its server-side counters when it stops."""
-    argument = system_argument(scenario.cluster, cell.shards, cell.strategy, loop)
-    with (
-        log_path.open("ab") as log,
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.serve_system", argument],
+class _Child:
+    """One system process: started, asked for its first line, stopped by closing stdin."""
+
+    def __init__(self, role: str, argument: str, log: IO[bytes]) -> None:
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.serve_system", role, argument],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-        ) as proc,
-    ):
+        )
+
+    def first_line(self, log_path: Path) -> dict[str, Any]:
+        """The JSON line the process prints once it listens."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], SYSTEM_START_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            raise ConfigError(
+                f"the {self.role} process did not start within {SYSTEM_START_TIMEOUT_S:g} s "
+                f"(exit status {self.proc.poll()}); see {log_path}"
+            )
+        return dict(orjson.loads(line))
+
+    def stop(self) -> dict[str, Any]:
+        """Close stdin, wait for the exit, return the counters it printed last."""
+        proc = self.proc
         counters: dict[str, Any] = {}
         try:
-            assert proc.stdout is not None
             assert proc.stdin is not None
-            ready, _, _ = select.select([proc.stdout], [], [], SYSTEM_START_TIMEOUT_S)
-            line = proc.stdout.readline() if ready else b""
-            if not line:
-                raise ConfigError(
-                    f"the system process did not start within {SYSTEM_START_TIMEOUT_S:g} s "
-                    f"(exit status {proc.poll()}); see {log_path}"
-                )
-            url = str(orjson.loads(line)["url"])
-            yield url, counters
+            assert proc.stdout is not None
             proc.stdin.close()
             proc.wait(timeout=SYSTEM_STOP_TIMEOUT_S)  # its last words are one short line
             for raw in proc.stdout.read().splitlines():
                 counters.update(orjson.loads(raw).get("counters", {}))
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=SYSTEM_STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            self.kill()
+        return counters
+
+    def kill(self) -> None:
+        """Make sure the process is gone and its pipes closed."""
+        proc = self.proc
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=SYSTEM_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@contextmanager
+def system_process(
+    scenario: Scenario, cell: Cell, loop: str, log_path: Path
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Start the system for ``cell``: a shard-server process, then an aggregator process in
+    front of it. Yield the aggregator's search URL and a dict that receives both processes'
+    counters once they stop."""
+    counters: dict[str, Any] = {}
+    children: list[_Child] = []
+    with log_path.open("ab") as log:
+        try:
+            argument = system_argument(scenario.cluster, cell.shards, cell.strategy, loop)
+            shards = _Child("shards", argument, log)
+            children.append(shards)
+            endpoints = [tuple(e) for e in shards.first_line(log_path)["shards"]]
+            argument = system_argument(
+                scenario.cluster, cell.shards, cell.strategy, loop, endpoints=endpoints
+            )
+            aggregator = _Child("aggregator", argument, log)
+            children.append(aggregator)
+            url = str(aggregator.first_line(log_path)["url"])
+            yield url, counters
+            # Aggregator first: its in-flight shard calls end before the shards go away.
+            for child in reversed(children):
+                counters.update(child.stop())
+        finally:
+            for child in children:
+                child.kill()
 
 
 async def drive_http(

@@ -240,6 +240,22 @@ async def test_nan_negative_or_huge_budgets_are_400(
     assert field in doc["error"]["reason"]
 
 
+@pytest.mark.parametrize("deadline_ms", ["1", "2.5", "5"])
+async def test_small_valid_budget_on_an_idle_server_is_not_overloaded(
+    client: Client, deadline_ms: str
+) -> None:
+    """A budget the API accepts, on an idle server, is served or refused as invalid (400).
+
+    Never 503 Overloaded: that tells the client to retry, and a retry can never succeed.
+    """
+    resp = await client.get(f"/search?q=x&deadline_ms={deadline_ms}", timeout=REQUEST_TIMEOUT)
+    doc = orjson.loads(await resp.read())
+    if resp.status == 503:
+        assert doc["error"]["type"] == "NoShardAnswered", doc
+    else:
+        assert resp.status in (200, 400), doc
+
+
 def _in_unit_interval(text: str) -> bool:
     try:
         value = float(text)

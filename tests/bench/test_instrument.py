@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
+import numpy as np
 import pytest
 import uvloop
 
@@ -75,30 +77,57 @@ def _drive(
     return uvloop.run(main())
 
 
+def _ideal_client_ms(url: str) -> float:
+    """Median latency of 25 sequential requests by a plain client (one at a time, 20 ms
+    apart): the server's time plus what loopback HTTP and waking idle processes cost on this
+    machine right now, with nothing of the generator in the way."""
+
+    async def main() -> float:
+        samples = []
+        async with aiohttp.ClientSession() as session:
+            for _ in range(25):
+                start = time.perf_counter()
+                async with session.get(url) as response:
+                    await response.read()
+                samples.append((time.perf_counter() - start) * 1000.0)
+                await asyncio.sleep(0.02)
+        return float(np.median(samples[5:]))
+
+    return uvloop.run(main())
+
+
 def test_known_latency_is_reported_within_1ms_at_p50_and_10pct_at_p99(
     sleep_server: tuple[str, subprocess.Popen[bytes]],
 ) -> None:
     """Against a server that answers in 50 ms, p50 is within 1 ms and p99 within 10%.
 
-    Noise on a shared machine (another process taking the CPU) can only add latency, never
-    remove it, so the best of up to three short runs is judged: a generator that is biased
-    fails all three.
+    A client can only ever see the server's 50 ms plus the loopback round trip (a fraction
+    of a millisecond on a quiet machine; more on a busy or virtualised one, where idle
+    processes wake late). That reference is measured in the same test by a plain
+    one-at-a-time client, and the generator must match it; it must also never report less
+    than the server's 50 ms. Noise from other processes can only add latency, so the best of
+    up to three short runs is judged: a biased generator fails all three.
     """
     url, _ = sleep_server
-    spec = LoadSpec(rate_per_s=100, duration_s=2.0, warmup_s=0.5, arrivals="constant", spin_s=0.001)
+    spec = LoadSpec(rate_per_s=50, duration_s=3.0, warmup_s=0.5, arrivals="constant", spin_s=0.001)
     seen = []
     for _ in range(3):
+        known_ms = _ideal_client_ms(url)
         result = _drive(url, spec)
         summary = result.latency.summary()
-        assert result.count(RequestStatus.OK) == summary.count >= 140
+        assert result.count(RequestStatus.OK) == summary.count >= 120
         assert result.dropped == 0
-        # Never below the true time: the generator does not under-report.
+        # Never below the server's own time: the generator does not under-report.
         assert summary.min_ms >= KNOWN_LATENCY_MS - 0.05
-        seen.append((summary.p50_ms, summary.p99_ms))
-        if summary.p50_ms <= KNOWN_LATENCY_MS + 1.0 and summary.p99_ms <= KNOWN_LATENCY_MS * 1.1:
+        seen.append((round(known_ms, 3), summary.p50_ms, summary.p99_ms))
+        if (
+            abs(summary.p50_ms - known_ms) <= 1.0
+            and summary.p50_ms <= KNOWN_LATENCY_MS + 2.0
+            and summary.p99_ms <= known_ms * 1.1
+        ):
             break
     else:
-        pytest.fail(f"(p50, p99) ms of three runs against a {KNOWN_LATENCY_MS} ms server: {seen}")
+        pytest.fail(f"(ideal client, p50, p99) ms of three runs: {seen}")
 
 
 def test_a_one_second_server_stall_shows_in_the_tail(

@@ -1,0 +1,69 @@
+"""The soak benchmark's own arithmetic: recovery windows, descriptor census, settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from bench.histogram import LatencyHistogram
+from bench.loadgen import LoadResult, LoadSpec, RequestStatus
+from bench.soak import SoakSettings, fd_kinds, recovery_time_s
+
+DEADLINE_MS = 100.0
+
+
+def _result(status: list[int], latency_ms: list[float], rate_per_s: float = 100.0) -> LoadResult:
+    n = len(status)
+    spec = LoadSpec(rate_per_s=rate_per_s, duration_s=n / rate_per_s, arrivals="constant")
+    return LoadResult(
+        spec=spec,
+        latency=LatencyHistogram(),
+        service=LatencyHistogram(),
+        lag=LatencyHistogram(),
+        offsets_s=np.arange(n, dtype=np.float64) / rate_per_s,
+        latency_s=np.array(latency_ms, dtype=np.float64) / 1000.0,
+        status=np.array(status, dtype=np.int8),
+        coverage=np.full(n, np.nan),
+    )
+
+
+def test_recovery_starts_at_the_first_run_of_good_windows() -> None:
+    """Shed for 0.7 s, then served: recovery is 0.7 s."""
+    status = [RequestStatus.SHED] * 70 + [RequestStatus.OK] * 130
+    assert recovery_time_s(_result(status, [1.0] * 200), DEADLINE_MS) == pytest.approx(0.7)
+
+
+def test_late_answers_are_not_recovered() -> None:
+    """200s past deadline + 10 ms do not count; a short good spell is not a recovery."""
+    status = [RequestStatus.OK] * 200
+    latency = [150.0] * 100 + [50.0] * 20 + [150.0] * 30 + [50.0] * 50
+    assert recovery_time_s(_result(status, latency), DEADLINE_MS) == pytest.approx(1.5)
+
+
+def test_never_recovered_is_none() -> None:
+    """A run that never serves five good windows in a row has no recovery time."""
+    status = [RequestStatus.OK, RequestStatus.SHED] * 100
+    assert recovery_time_s(_result(status, [1.0] * 200), DEADLINE_MS) is None
+
+
+def test_fd_census_sees_a_listening_socket() -> None:
+    """The descriptor census counts this process's own listening TCP socket."""
+    before = fd_kinds(os.getpid(), frozenset())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        after = fd_kinds(os.getpid(), frozenset())
+    assert after.get("tcp:LISTEN", 0) == before.get("tcp:LISTEN", 0) + 1
+    assert sum(after.values()) == sum(before.values()) + 1
+
+
+def test_settings_reject_nonsense() -> None:
+    """Out-of-range soak settings are refused before anything starts."""
+    with pytest.raises(ValueError, match="--overload"):
+        SoakSettings(overload_factor=0.5)
+    with pytest.raises(ValueError, match="--max-in-flight"):
+        SoakSettings(max_in_flight=0)
+    assert SoakSettings(max_in_flight=4).limits().max_in_flight == 4
