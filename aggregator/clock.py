@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-__all__ = ["Clock", "LoopClock", "ManualClock"]
+__all__ = ["BoundLoopClock", "Clock", "LoopClock", "ManualClock"]
 
 
 class Clock(Protocol):
@@ -28,6 +28,22 @@ class LoopClock:
     def now_s(self) -> float:
         """``asyncio.get_running_loop().time()``."""
         return asyncio.get_running_loop().time()
+
+
+class BoundLoopClock:
+    """One given loop's clock: :class:`LoopClock` without looking the loop up on every read.
+
+    The coordinator binds one per query, where the clock is read several times per shard.
+    """
+
+    __slots__ = ("_time",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._time = loop.time
+
+    def now_s(self) -> float:
+        """``loop.time()`` of the bound loop."""
+        return self._time()
 
 
 class ManualClock:

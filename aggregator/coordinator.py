@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.backend import ShardBackend
-from aggregator.clock import Clock, LoopClock
+from aggregator.clock import BoundLoopClock, Clock, LoopClock
 from aggregator.cluster import Cluster
 from aggregator.completeness import account
 from aggregator.deadline import Deadline, validate_budget_ms
 from aggregator.dispatch import ShardCall, ShardResult, drive_shard
 from aggregator.errors import NoShardAnswered
 from aggregator.feedback import DispatchFeedback, NoFeedback
+from aggregator.limit import CallLimit
 from aggregator.merge import merge_top_k
 from aggregator.plan import FirstReplicaPlanner, GoodEnough, Planner, QueryPlan
 from aggregator.types import OutcomeStatus, Query, SearchResponse, ShardOutcome
@@ -162,10 +163,9 @@ class Coordinator:
             feedback = self.planner if isinstance(self.planner, DispatchFeedback) else NoFeedback()
         self.feedback: DispatchFeedback = feedback
         self._limits = {
-            s.name: asyncio.Semaphore(self.config.max_inflight_per_shard)
-            for s in self.cluster.shards
+            s.name: CallLimit(self.config.max_inflight_per_shard) for s in self.cluster.shards
         }
-        self._docs_by_shard = [s.doc_count for s in self.cluster.shards]
+        self._by_name = {s.name: s for s in self.cluster.shards}
         # Shard calls and replica requests cancelled but still unwinding.
         self._lingering: set[asyncio.Task[Any]] = set()
 
@@ -203,9 +203,10 @@ class Coordinator:
     async def execute(self, plan: QueryPlan) -> SearchResponse:
         """Drive ``plan`` to a response."""
         loop = asyncio.get_running_loop()
+        clock = BoundLoopClock(loop) if type(self.clock) is LoopClock else self.clock
         deadline = plan.deadline
-        shards = self.cluster.shards
-        by_name = {s.name: s for s in shards}
+        by_name = self._by_name
+        self._check_covers_cluster(plan)
         calls: list[ShardCall | None] = []
         outcomes: list[ShardOutcome | None] = []
         tasks: list[asyncio.Task[ShardResult] | None] = []
@@ -229,7 +230,7 @@ class Coordinator:
                 shard_plan,
                 plan.query,
                 deadline,
-                self.clock,
+                clock,
                 feedback=self.feedback,
                 lingering=self._lingering,
             )
@@ -243,7 +244,7 @@ class Coordinator:
             task.add_done_callback(fan_in.on_done)
         try:
             if live and not fan_in.gate.done():
-                remaining_s = deadline.remaining_s(self.clock.now_s())
+                remaining_s = deadline.remaining_s(clock.now_s())
                 timeout_s = None if math.isinf(remaining_s) else remaining_s
                 await asyncio.wait((fan_in.gate,), timeout=timeout_s)
         finally:
@@ -256,7 +257,7 @@ class Coordinator:
             if stragglers:
                 await self._reap(stragglers)
 
-        now = self.clock.now_s()
+        now = clock.now_s()
         hit_lists = []
         for i, maybe_task in enumerate(tasks):
             maybe_call = calls[i]
@@ -269,7 +270,7 @@ class Coordinator:
             else:
                 outcomes[i] = maybe_call.given_up(now, cut_by_grace=fan_in.cut_by_grace)
         final = [o for o in outcomes if o is not None]
-        completeness = account(final, self._docs_by_shard)
+        completeness = account(final, [by_name[o.shard].doc_count for o in final])
         if completeness.shards_ok == 0:
             raise NoShardAnswered(_describe_failure(final), final)
         hits = merge_top_k(hit_lists, plan.query.k)
@@ -288,6 +289,16 @@ class Coordinator:
         return self.lingering_tasks
 
     # -- internals --------------------------------------------------------------------------
+
+    def _check_covers_cluster(self, plan: QueryPlan) -> None:
+        """A plan must name every shard exactly once: a shard left out of it would silently
+        vanish from the completeness counts, which must never hide a missing shard."""
+        names = [p.shard for p in plan.shards]
+        if len(names) != len(self._by_name) or set(names) != self._by_name.keys():
+            raise ValueError(
+                f"plan must cover every shard exactly once; got {names}, "
+                f"cluster has {list(self._by_name)}"
+            )
 
     async def _reap(self, stragglers: list[asyncio.Task[ShardResult]]) -> None:
         try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AggregatorError",
     "ConfigError",
+    "InvalidHit",
     "InvalidQuery",
     "InvalidSpec",
     "NoShardAnswered",
@@ -67,6 +68,10 @@ class ShardUnavailable(ShardError):
 
 class ShardMalformedReply(ShardError):
     """The shard answered with data of the wrong shape or type."""
+
+
+class InvalidHit(ShardMalformedReply, ValueError):
+    """A hit with an empty id or a score that is not a finite number."""
 
 
 # -- the query as a whole failed --------------------------------------------------------------

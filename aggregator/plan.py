@@ -7,8 +7,9 @@ cluster and the time; the coordinator executes it. Tests check plans without any
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from aggregator.cluster import Cluster
 from aggregator.deadline import Deadline
@@ -28,8 +29,7 @@ __all__ = [
 CIRCUIT_OPEN = "circuit_open"
 
 
-@dataclass(frozen=True, slots=True)
-class ShardPlan:
+class ShardPlan(msgspec.Struct, frozen=True):
     """How one shard is queried.
 
     ``replicas`` are indexes into the shard's replicas, in the order to try them;
@@ -50,8 +50,7 @@ class ShardPlan:
             raise ValueError(f"hedge delay must be >= 0 s, got {self.hedge_after_s!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class GoodEnough:
+class GoodEnough(msgspec.Struct, frozen=True):
     """Stop early: once ``min_coverage`` of the documents answered, wait only
     ``grace_fraction`` of the then-remaining budget for the rest (Vespa's adaptive coverage)."""
 
@@ -65,8 +64,7 @@ class GoodEnough:
             raise InvalidQuery(f"grace fraction must be in [0, 1], got {self.grace_fraction!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class QueryPlan:
+class QueryPlan(msgspec.Struct, frozen=True):
     """Everything the coordinator will do for one query, decided before it does any of it."""
 
     query: Query
@@ -86,10 +84,13 @@ class Planner(Protocol):
 class FirstReplicaPlanner:
     """Every shard, its replicas in configured order, no hedging."""
 
-    __slots__ = ("grace_fraction",)
+    __slots__ = ("_cached", "grace_fraction")
 
     def __init__(self, grace_fraction: float = 0.1) -> None:
         self.grace_fraction = grace_fraction
+        # The shard part of the plan depends only on the cluster, and plans are immutable,
+        # so it is built once per cluster rather than once per query.
+        self._cached: tuple[Cluster, tuple[ShardPlan, ...]] | None = None
 
     def plan(self, query: Query, deadline: Deadline, cluster: Cluster, now_s: float) -> QueryPlan:
         """All shards, replicas in order; good-enough if the query asks for it."""
@@ -98,7 +99,10 @@ class FirstReplicaPlanner:
             if query.min_coverage is None
             else GoodEnough(query.min_coverage, self.grace_fraction)
         )
-        shards = tuple(
-            ShardPlan(shard.name, tuple(range(len(shard.replicas)))) for shard in cluster.shards
-        )
-        return QueryPlan(query, deadline, shards, good_enough)
+        cached = self._cached
+        if cached is None or cached[0] is not cluster:
+            shards = tuple(
+                ShardPlan(shard.name, tuple(range(len(shard.replicas)))) for shard in cluster.shards
+            )
+            cached = self._cached = (cluster, shards)
+        return QueryPlan(query, deadline, cached[1], good_enough)

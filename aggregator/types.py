@@ -1,17 +1,20 @@
 """The immutable values a query passes through: query, hits, replies, outcomes, completeness.
 
-Everything here is a frozen, slotted dataclass validated on construction, so a value that
-exists is a value that makes sense.
+Everything here is a frozen ``msgspec.Struct`` (immutable, slotted, hashable, compared by
+value) validated on construction, so a value that exists is a value that makes sense. Structs
+rather than frozen dataclasses because these are built on the hot path, several per shard per
+query, and a Struct is built about ten times faster.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from enum import StrEnum
 
+import msgspec
+
 from aggregator.deadline import validate_budget_ms
-from aggregator.errors import InvalidQuery
+from aggregator.errors import InvalidHit, InvalidQuery
 
 __all__ = [
     "MAX_K",
@@ -31,8 +34,7 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(msgspec.Struct, frozen=True):
     """What the user asked: text, how many hits, and the end-to-end budget.
 
     ``deadline_ms`` is the whole budget in milliseconds (``None``: no limit).
@@ -62,18 +64,32 @@ class Query:
                 raise InvalidQuery(f"min_coverage must be in (0, 1], got {c!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One ranked document: its id, score, the shard that found it and optional title."""
+class Hit(msgspec.Struct, frozen=True):
+    """One ranked document: its id, score, the shard that found it and optional title.
+
+    Raises :class:`InvalidHit` for an empty or non-string id, or a score that is not a
+    finite number: a NaN would corrupt the ranking of every hit merged with it.
+    """
 
     doc_id: str
     score: float
     shard: str
     title: str | None = None
 
+    def __post_init__(self) -> None:
+        doc_id = self.doc_id
+        if type(doc_id) is not str or not doc_id:
+            raise InvalidHit(f"hit has an invalid doc id {doc_id!r}")
+        score = self.score
+        if type(score) is not float and (
+            isinstance(score, bool) or not isinstance(score, int | float)
+        ):
+            raise InvalidHit(f"hit {doc_id!r} has a non-numeric score {score!r}")
+        if not math.isfinite(score):
+            raise InvalidHit(f"hit {doc_id!r} has a non-finite score {score!r}")
 
-@dataclass(frozen=True, slots=True)
-class ShardReply:
+
+class ShardReply(msgspec.Struct, frozen=True):
     """What one shard returned: its hits (best first), its document count and its own time."""
 
     shard: str
@@ -92,8 +108,7 @@ class OutcomeStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-@dataclass(frozen=True, slots=True)
-class ShardOutcome:
+class ShardOutcome(msgspec.Struct, frozen=True):
     """One shard's part of a query, as reported to the user.
 
     ``latency_ms`` runs from dispatch to the answer (or to the moment it was given up);
@@ -113,8 +128,7 @@ class ShardOutcome:
     attempts: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Completeness:
+class Completeness(msgspec.Struct, frozen=True):
     """How complete an answer is, in shards and in documents.
 
     ``shards_failed`` counts ``error`` and ``rejected`` outcomes; every shard is in exactly
@@ -140,8 +154,7 @@ class Completeness:
             raise ValueError(f"coverage must be in [0, 1], got {self.coverage!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class SearchResponse:
+class SearchResponse(msgspec.Struct, frozen=True):
     """The answer: merged hits, how complete they are, every shard's outcome, and timings."""
 
     hits: tuple[Hit, ...]

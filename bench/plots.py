@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
 __all__ = ["MAX_LINES", "pick_cells", "write_plots"]
 
@@ -85,6 +85,20 @@ def _varying(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def _log_y(ax: Axes) -> None:
+    """A log-scale y axis labelled in plain numbers (1, 2, 3, 5, 10, 20...)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+
+
+def _legend(ax: Axes, **kwargs: Any) -> None:
+    """A legend, if anything drawn has a label."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _figure(title: str) -> tuple[Figure, Axes]:
     fig, ax = plt.subplots(figsize=_SIZE, dpi=_DPI)
     ax.set_title(title, fontsize=10)
@@ -120,7 +134,7 @@ def _spectrum(results: Mapping[str, Any], path: Path) -> str | None:
         top = max(top, max(xs))
         ax.plot(xs, [max(v, 1e-3) for _, v in points], label=_label(cell, varying), lw=1.5)
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_y(ax)
     ticks = [1.0 / (1.0 - p / 100.0) for p in _SPECTRUM_TICKS if 1.0 / (1.0 - p / 100.0) <= top]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -128,7 +142,7 @@ def _spectrum(results: Mapping[str, Any], path: Path) -> str | None:
     ax.set_xlim(1.0, top * 1.2)
     ax.set_xlabel("percentile (rightmost point: max)")
     ax.set_ylabel("latency from intended send (ms)")
-    ax.legend(fontsize=8, loc="upper left")
+    _legend(ax, fontsize=8, loc="upper left")
     return _save(fig, path)
 
 
@@ -185,7 +199,7 @@ def _coverage(results: Mapping[str, Any], path: Path) -> str | None:
     ax.set_xlabel("deadline (ms)")
     ax.set_ylabel("coverage (share of documents searched)")
     ax.set_ylim(-0.02, 1.05)
-    ax.legend(fontsize=7, loc="lower right")
+    _legend(ax, fontsize=7, loc="lower right")
     return _save(fig, path)
 
 
@@ -205,10 +219,10 @@ def _timeline(results: Mapping[str, Any], path: Path) -> str | None:
         ax.plot(xs, [max(r["max_ms"], 1e-3) for r in rows], lw=0.8, ls=":", color=line.get_color())
     if warmup_s > 0:
         ax.axvspan(0, warmup_s, color="grey", alpha=0.15, label="warm-up (not reported)")
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("intended send time (s from start); dotted: max per window")
     ax.set_ylabel("latency (ms)")
-    ax.legend(fontsize=7, loc="upper left")
+    _legend(ax, fontsize=7, loc="upper left")
     return _save(fig, path)
 
 
@@ -233,7 +247,7 @@ def _sweep(results: Mapping[str, Any], path: Path, axis: str) -> str | None:
         xs = [c[key] for c in group]
         ys = [c["latency_ms"]["p99_ms"] or math.nan for c in group]
         ax.plot(xs, ys, marker="o", label=label)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("offered rate (queries/s)" if axis == "rate_per_s" else "shards (fan-out)")
     ax.set_ylabel("p99 latency (ms)")
     if axis == "rate_per_s":
@@ -256,7 +270,7 @@ def _sweep(results: Mapping[str, Any], path: Path, axis: str) -> str | None:
         twin.plot(rates, rates, color="grey", ls=":", lw=1, label="offered = achieved")
         twin.set_ylabel("achieved rate (queries/s)")
         twin.legend(fontsize=7, loc="lower right")
-    ax.legend(fontsize=7, loc="upper left")
+    _legend(ax, fontsize=7, loc="upper left")
     return _save(fig, path)
 
 

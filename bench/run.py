@@ -322,6 +322,9 @@ def run_scenario(
         "cells": summaries,
     }
     results["knees"] = find_knees(summaries) if scenario.sweep.rate_per_s else []
+    log_path = out_dir / "system.log"
+    if log_path.exists() and log_path.stat().st_size == 0:
+        log_path.unlink()  # nothing went wrong in the system processes
     (out_dir / "results.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )

@@ -33,7 +33,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -583,7 +583,7 @@ class Delayed:
         latency_s = await self._injector.apply(query, deadline)
         reply = await self.inner.search(query, deadline)
         if isinstance(reply, ShardReply):  # anything else is left for the caller to reject
-            reply = replace(reply, took_ms=reply.took_ms + latency_s * 1e3)
+            reply = ShardReply(reply.shard, reply.docs, reply.hits, reply.took_ms + latency_s * 1e3)
         return reply
 
 

@@ -123,16 +123,27 @@ async def test_malformed_reply_becomes_an_error_outcome(reply: object, reason_pa
     assert [h.doc_id for h in response.hits] == ["a"]
 
 
+class _NanShard:
+    """A backend whose scoring produces NaN: building the hit fails inside `search`."""
+
+    name = "nan"
+    doc_count = 10
+
+    async def search(self, query: Query, deadline: Deadline) -> ShardReply:
+        from aggregator import Hit
+
+        return ShardReply(self.name, 10, (Hit("z", math.nan, self.name),))
+
+
 @pytest.mark.looptime
 async def test_non_finite_score_is_malformed() -> None:
-    """A NaN score would corrupt the ranking, so the shard's reply is rejected as malformed."""
-    from aggregator import Hit
-
-    shards = [ScriptedShard("good", 0.001, hits=[("a", 1.0)]), ScriptedShard("nan", 0.001)]
-    shards[1].reply = ShardReply("nan", 10, (Hit("z", math.nan, "nan"),))
+    """A NaN score would corrupt the ranking, so that shard's answer is an error outcome."""
+    shards = [ScriptedShard("good", 0.001, hits=[("a", 1.0)]), _NanShard()]
     response = await Coordinator(shards).search(Query("q", deadline_ms=50))
     assert response.shards[1].status is OutcomeStatus.ERROR
+    assert "InvalidHit" in (response.shards[1].reason or "")
     assert "non-finite" in (response.shards[1].reason or "")
+    assert [h.doc_id for h in response.hits] == ["a"]
 
 
 @pytest.mark.looptime

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from aggregator import Completeness, InvalidQuery, Query
+from aggregator import Completeness, Hit, InvalidQuery, Query
+from aggregator.errors import InvalidHit, ShardMalformedReply
 
 
 @pytest.mark.parametrize(
@@ -44,3 +45,26 @@ def test_completeness_counts_must_add_up() -> None:
         Completeness(3, 1, 1, 0, 0, 10, 5, 0.5, True)
     with pytest.raises(ValueError, match="coverage"):
         Completeness(1, 1, 0, 0, 0, 10, 5, 1.5, False)
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "score", "message"),
+    [
+        ("", 1.0, "invalid doc id"),
+        (7, 1.0, "invalid doc id"),
+        ("d", math.nan, "non-finite"),
+        ("d", math.inf, "non-finite"),
+        ("d", True, "non-numeric"),
+        ("d", "1.0", "non-numeric"),
+    ],
+)
+def test_a_hit_cannot_be_built_malformed(doc_id: object, score: object, message: str) -> None:
+    """Hits validate their id and score when built; the error is a malformed shard reply."""
+    with pytest.raises(InvalidHit, match=message) as info:
+        Hit(doc_id, score, "s")  # type: ignore[arg-type]
+    assert isinstance(info.value, ShardMalformedReply)
+
+
+def test_integer_scores_are_accepted() -> None:
+    """An integer score is a finite number, so it is a valid hit."""
+    assert Hit("d", 3, "s").score == 3

@@ -1,6 +1,7 @@
 """A loopback HTTP server that answers every request after a known time (for instrument tests).
 
-``python _sleep_server.py LATENCY_MS`` serves ``GET /`` on 127.0.0.1 (port chosen by the OS),
+``python _sleep_server.py LATENCY_MS`` serves ``GET /`` and ``GET /search`` on 127.0.0.1 (port
+chosen by the OS),
 answering ``{"completeness": {"coverage": 1.0}, "partial": false}`` after
 ``asyncio.sleep(LATENCY_MS / 1000)``. It prints its URL on stdout once listening and serves until
 its stdin closes.
@@ -31,6 +32,7 @@ async def main(latency_s: float) -> None:
 
     app = web.Application()
     app.router.add_get("/", handle)
+    app.router.add_get("/search", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -122,6 +124,35 @@ def test_socket_run_drives_a_system_in_another_process(tmp_path: Path) -> None:
         assert r["measured"] > 0
         assert r["ok"] + r["partial"] + r["error"] == r["measured"]
         assert cell["server"]["shard_requests_served"] > 0
+
+
+def test_target_drives_a_running_service(tmp_path: Path) -> None:
+    """``--target URL`` drives an already running service's ``/search`` (no system started)."""
+    server = Path(__file__).with_name("_sleep_server.py")
+    text = SCENARIO.replace('mode = "virtual"', 'mode = "sockets"')
+    text = text.replace("rate_per_s = 50", "rate_per_s = 20").replace(
+        "duration_s = 2", "duration_s = 1.5"
+    )
+    text = text[: text.index("[[strategy]]")] + '[[strategy]]\nkind = "wait_all"\n'
+    out = tmp_path / "out"
+    with subprocess.Popen(
+        [sys.executable, str(server), "5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        base = proc.stdout.readline().decode().strip()
+        try:
+            code = _bench("run", str(_write(tmp_path, text)), "--target", base, "--out", str(out))
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+    assert code == 0
+    results = orjson.loads((out / "results.json").read_bytes())
+    assert results["target"] == base.rstrip("/") + "/search"
+    (cell,) = results["cells"]
+    assert cell["requests"]["ok"] == cell["requests"]["measured"] > 0
+    assert cell["latency_ms"]["min_ms"] >= 5.0
+    assert cell["server"] == {}
 
 
 def test_bad_scenario_is_one_line_and_exit_status_2(

@@ -265,13 +265,22 @@ async def test_backend_errors_map_to_statuses(
     assert "Traceback" not in text
 
 
+class _NanScoringShard:
+    """A backend whose scoring yields NaN: the hit refuses to be built inside `search`."""
+
+    name = "s"
+    doc_count = 1
+
+    async def search(self, query: Query, deadline: Deadline) -> ShardReply:
+        return ShardReply("s", 1, (Hit("a", math.nan, "s"),))
+
+
 async def test_malformed_backend_reply_is_500(aiohttp_client: ClientFactory) -> None:
-    """A backend reply with a non-finite score is a 500 ShardMalformedReply, not bad JSON."""
-    reply = ShardReply("s", 1, (Hit("a", math.nan, "s"),))
-    client = await aiohttp_client(create_shard_app(ScriptedShard("s", 0.0, reply=reply)))
+    """A backend producing a non-finite score is a 500 InvalidHit error, never bad JSON."""
+    client = await aiohttp_client(create_shard_app(_NanScoringShard()))
     status, body, _ = await post(client, {"q": "x"})
     assert status == 500
-    assert body["error"]["type"] == "ShardMalformedReply"
+    assert body["error"]["type"] == "InvalidHit"
 
 
 async def test_client_disconnect_cancels_the_backend(aiohttp_server: Any) -> None:
