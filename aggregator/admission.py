@@ -58,8 +58,9 @@ DEFAULT_MAX_IN_FLIGHT = 32
 #: capacity is absorbed (each waiter waits about two query lifetimes at most, well inside the
 #: default one-second budget), anything beyond is shed at once rather than left to time out.
 DEFAULT_MAX_WAITING = 64
-#: Budget a query must still have when it would start, in milliseconds; with less, starting
-#: it is wasted work (every shard call would be cut before it could answer), so it is shed.
+#: Budget a waiting query must still have when it would start, in milliseconds (at most half
+#: its own budget); with less, starting it is wasted work (every shard call would be cut
+#: before it could answer), so it is shed. A query that finds a free slot is never shed.
 DEFAULT_MIN_BUDGET_MS = 5.0
 #: Weight of the newest query's slot-holding time in the running estimate (EWMA).
 _HOLD_EWMA_ALPHA = 0.1
@@ -116,7 +117,8 @@ class Ticket:
     """One query's claim on a slot. Compared by identity.
 
     ``start_by_s`` is the last instant at which starting the query is still worth it (its
-    deadline minus the minimum budget); ``reason`` says why a shed ticket was shed.
+    deadline minus the minimum budget, or minus half its budget when that is smaller);
+    ``reason`` says why a shed ticket was shed.
     """
 
     client: str
@@ -229,13 +231,17 @@ class AdmissionQueue:
         caller reads the ticket's state.
         """
         now = self.clock.now_s()
-        start_by_s = deadline.expires_at_s - self.limits.min_budget_ms / 1000.0
+        # The least budget worth starting with: min_budget_ms, but never more than half of
+        # what the query has left, so a small budget the API accepts (say 2 ms) still runs.
+        reserve_s = min(self.limits.min_budget_ms / 1000.0, deadline.remaining_s(now) / 2.0)
+        start_by_s = deadline.expires_at_s - reserve_s
         self._seq += 1
         ticket = Ticket(client, start_by_s, now, self._seq)
-        if now >= start_by_s:
+        if deadline.is_expired(now):
             self._shed(ticket, ShedReason.DEADLINE, "the query's budget is already spent")
             return ticket, []
         if self._in_flight < self.limits.max_in_flight and self._waiting == 0:
+            # A free slot is never refused: with nothing to wait for, no deadline is at risk.
             self._admit(ticket, self._client(client), now)
             return ticket, []
         # Shed now what would only time out in the queue: a fast 503 beats a slow one.

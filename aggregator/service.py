@@ -14,8 +14,9 @@ Errors are always JSON ``{"error": {"type", "reason"}}``, never a stack trace:
   UTF-8; repeated parameters (in the query string or as duplicate JSON keys); **unknown
   parameters or fields** (rejected rather than ignored, so a typo such as ``deadline=`` does
   not silently run with the default budget); query parameters on a ``POST``.
-* 401 ``Unauthorized`` (bearer token configured and missing or wrong), 404, 405, 413 (body
-  over the limit), 415 (``POST`` body that is not ``application/json``).
+* 401 ``Unauthorized`` (bearer token configured and missing or wrong), 404, 405, 408 (a
+  ``POST`` body that did not arrive within the default budget), 413 (body over the limit),
+  415 (``POST`` body that is not ``application/json``).
 * 503 ``Overloaded`` (admission control shed the query) and 503 ``NoShardAnswered`` (every
   shard failed; the body lists each shard's outcome), both with ``Retry-After``.
 * 500 ``InternalError`` for anything unexpected: logged with its traceback, answered without.
@@ -263,7 +264,9 @@ class _Service:
         arrived_s = self.coordinator.clock.now_s()
         metrics = self.metrics
         try:
-            fields = await _read_fields(request, self.settings.max_body_bytes)
+            fields = await _read_fields(
+                request, self.settings.max_body_bytes, self.settings.default_deadline_ms / 1000.0
+            )
             query = _build_query(fields, self.settings)
             client = _client_id(request, self.settings.client_id_header)
         except InvalidQuery as exc:
@@ -275,6 +278,11 @@ class _Service:
         except _NotJson as exc:
             metrics.observe_response(415)
             return error_response(415, "UnsupportedMediaType", str(exc))
+        except _BodyTooSlow as exc:
+            metrics.observe_response(408)
+            refusal = error_response(408, "RequestTimeout", str(exc))
+            refusal.force_close()  # the rest of that body will not be waited for
+            return refusal
         deadline = Deadline.after(arrived_s, query.deadline_ms)
         try:
             async with self.admission.slot(client, deadline):
@@ -336,10 +344,21 @@ class _NotJson(Exception):
     """The request body is not declared as JSON (415)."""
 
 
-async def _read_fields(request: web.Request, max_body_bytes: int) -> dict[str, object]:
+class _BodyTooSlow(Exception):
+    """The request body did not arrive within the default budget (408)."""
+
+
+async def _read_fields(
+    request: web.Request, max_body_bytes: int, read_timeout_s: float
+) -> dict[str, object]:
     """The search fields of a GET (query string) or POST (JSON body), untyped but checked for
-    unknown and repeated names. Raises :class:`InvalidQuery`, :class:`_BodyTooLarge` or
-    :class:`_NotJson`."""
+    unknown and repeated names. Raises :class:`InvalidQuery`, :class:`_BodyTooLarge`,
+    :class:`_NotJson` or :class:`_BodyTooSlow`.
+
+    The body is read within ``read_timeout_s`` (the default budget: the query's own budget is
+    in the body, and the clock is already running), so a client that stops sending cannot
+    hold a handler.
+    """
     raw_query = request.rel_url.raw_query_string
     if request.method == "GET":
         return _fields_from_query_string(raw_query)
@@ -351,9 +370,14 @@ async def _read_fields(request: web.Request, max_body_bytes: int) -> dict[str, o
     if length is not None and length > max_body_bytes:
         raise _BodyTooLarge(f"request body is larger than {max_body_bytes} bytes")
     try:
-        body = await request.read()
+        async with asyncio.timeout(read_timeout_s):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:  # a chunked body that grew past the limit
         raise _BodyTooLarge(f"request body is larger than {max_body_bytes} bytes") from exc
+    except TimeoutError as exc:
+        raise _BodyTooSlow(
+            f"the request body did not arrive within {read_timeout_s * 1000:.0f} ms"
+        ) from exc
     return _fields_from_json(body)
 
 

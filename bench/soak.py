@@ -126,6 +126,7 @@ class SoakSettings:
     seed: int = 1
     max_in_flight: int | None = None
     max_waiting: int | None = None
+    min_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 64:
@@ -142,6 +143,8 @@ class SoakSettings:
             raise ValueError(f"--max-in-flight must be in 1..100000, got {self.max_in_flight}")
         if self.max_waiting is not None and not 0 <= self.max_waiting <= 100_000:
             raise ValueError(f"--max-waiting must be in 0..100000, got {self.max_waiting}")
+        if self.min_budget_ms is not None and not 0 <= self.min_budget_ms < self.deadline_ms:
+            raise ValueError(f"--min-budget-ms must be in [0, deadline), got {self.min_budget_ms}")
 
     def limits(self) -> LimitsConfig:
         """The aggregator's limits: the serve command's defaults, admission as overridden."""
@@ -150,6 +153,9 @@ class SoakSettings:
             defaults,
             max_in_flight=self.max_in_flight or defaults.max_in_flight,
             max_waiting=defaults.max_waiting if self.max_waiting is None else self.max_waiting,
+            min_budget_ms=(
+                defaults.min_budget_ms if self.min_budget_ms is None else self.min_budget_ms
+            ),
         )
 
 
@@ -180,6 +186,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="admission: queries waiting for a slot (default: the serve command's)",
     )
+    parser.add_argument(
+        "--min-budget-ms",
+        type=float,
+        default=None,
+        help="admission: budget a query must have left to start (default: the serve command's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_in_flight=args.max_in_flight,
         max_waiting=args.max_waiting,
+        min_budget_ms=args.min_budget_ms,
     )
     result = run_loop(lambda: soak(settings, progress=not args.json), args.loop)
     if args.json:

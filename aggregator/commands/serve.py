@@ -260,6 +260,9 @@ async def _run_service(
             max_line_size=limits.max_line_bytes,
             max_field_size=limits.max_field_bytes,
             max_headers=limits.max_headers,
+            # After answering a request whose body never finished (408, 413), read the rest
+            # for at most this long before closing (aiohttp's default is 10 s).
+            lingering_time=1.0,
         )
         await runner.setup()
         try:

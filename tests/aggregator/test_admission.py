@@ -110,12 +110,33 @@ def test_full_queue_sheds_the_newcomer_when_lines_are_even() -> None:
 
 
 def test_query_with_spent_budget_is_shed_on_arrival() -> None:
-    """A query whose deadline already passed (minus the minimum budget) never starts."""
+    """A query whose deadline already passed (e.g. while its body was read) never starts."""
     queue, clock = _queue(min_budget_ms=5.0)
     deadline = Deadline.after(clock.now_s(), 4.0)
+    clock.advance(0.004)
     ticket, _ = queue.arrive("a", deadline)
     assert ticket.shed_reason is ShedReason.DEADLINE
     assert queue.in_flight == 0
+
+
+def test_small_budget_with_a_free_slot_is_admitted() -> None:
+    """A budget under min_budget_ms still runs when a slot is free: nothing to wait for."""
+    queue, clock = _queue(min_budget_ms=5.0)
+    ticket, _ = queue.arrive("a", Deadline.after(clock.now_s(), 1.0))
+    assert ticket.state is TicketState.ADMITTED
+
+
+def test_small_budget_may_wait_half_of_itself() -> None:
+    """A waiting query with a small budget is shed once half of it is gone, not at once."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=1, min_budget_ms=5.0)
+    _arrive(queue, clock, "a")
+    ticket, _ = queue.arrive("b", Deadline.after(clock.now_s(), 4.0))
+    assert ticket.state is TicketState.WAITING
+    assert ticket.start_by_s == pytest.approx(clock.now_s() + 0.002)
+    clock.advance(0.0019)
+    assert queue.expire() == []
+    clock.advance(0.0002)
+    assert queue.expire() == [ticket]
 
 
 def test_waiter_whose_deadline_passed_is_shed_not_started() -> None:

@@ -236,6 +236,33 @@ async def test_body_over_the_limit_gets_413(aiohttp_client: ClientFactory) -> No
     assert (await _json(resp))["error"]["type"] == "PayloadTooLarge"
 
 
+async def test_stalled_body_gets_408_by_the_default_deadline(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A POST body that stops arriving is answered 408 JSON once the default budget is spent."""
+    client = await _client(aiohttp_client, settings=ServiceSettings(default_deadline_ms=50))
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(
+            b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            body = await reader.readexactly(length)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert head.split()[1] == b"408"
+    assert orjson.loads(body)["error"]["type"] == "RequestTimeout"
+
+
 async def test_non_json_body_gets_415(aiohttp_client: ClientFactory) -> None:
     """A POST body declared as something other than JSON is refused with a JSON 415."""
     client = await _client(aiohttp_client)
