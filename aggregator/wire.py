@@ -49,7 +49,7 @@ def response_to_dict(response: SearchResponse) -> dict[str, Any]:
         "hits": [hit_to_dict(h) for h in response.hits],
         "partial": c.partial,
         "took_ms": _ms(response.took_ms),
-        "deadline_ms": response.deadline_ms,
+        "deadline_ms": None if response.deadline_ms is None else _ms(response.deadline_ms),
         "completeness": {
             "shards_total": c.shards_total,
             "shards_ok": c.shards_ok,
