@@ -16,6 +16,17 @@ A config file looks like ``docs/cluster.example.toml``::
     name = "s0"
     url = "http://127.0.0.1:9001"
 
+    [[shards]]
+    name = "s1"
+    replicas = ["http://127.0.0.1:9002", "http://127.0.0.1:9003"]
+
+    [tail]
+    selection = "p2c"
+    hedge_percentile = 95
+
+A shard names one ``url`` or several ``replicas`` (copies holding the same documents). The
+``[tail]`` table (with ``[tail.breaker]`` and ``[tail.retry]``) sets the tail-tolerance
+policies, :class:`~aggregator.tail.TailConfig`, in milliseconds like the rest of the file.
 Every section but ``[[shards]]`` is optional and every key has a default. Unknown sections and
 keys are errors (a typo must not silently fall back to a default), and every error is a
 :class:`~aggregator.errors.ConfigError` naming the file and the key, e.g.
@@ -35,12 +46,17 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator.admission import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_WAITING, DEFAULT_MIN_BUDGET_MS
+from aggregator.breaker import BreakerConfig
 from aggregator.deadline import MAX_BUDGET_MS
 from aggregator.errors import ConfigError
+from aggregator.replica_selection import SELECTORS
+from aggregator.retry import RetryConfig
+from aggregator.tail import MAX_ATTEMPTS, TailConfig
 from aggregator.types import MAX_K
 
 __all__ = [
     "DEFAULT_PORT",
+    "MAX_REPLICAS",
     "ClusterConfig",
     "LimitsConfig",
     "QueryConfig",
@@ -54,16 +70,55 @@ __all__ = [
 DEFAULT_PORT = 8080
 #: Most shards a config may list (each one costs a request per query).
 MAX_SHARDS = 1024
+#: Most replicas one shard may list.
+MAX_REPLICAS = 16
+#: Keys of ``[tail]``, ``[tail.breaker]`` and ``[tail.retry]``.
+TAIL_KEYS = frozenset(
+    {
+        "selection",
+        "ewma_decay_ms",
+        "hedging",
+        "hedge_after_ms",
+        "hedge_percentile",
+        "hedge_window_ms",
+        "hedge_refresh_ms",
+        "hedge_min_samples",
+        "hedge_min_delay_ms",
+        "backup_share",
+        "backup_burst",
+        "max_attempts",
+        "reuse_replicas",
+        "breaker",
+        "retry",
+    }
+)
+BREAKER_KEYS = frozenset(
+    {"failure_threshold", "window_ms", "cool_down_ms", "max_cool_down_ms", "backoff_factor"}
+)
+RETRY_KEYS = frozenset({"enabled", "base_backoff_ms", "max_backoff_ms"})
+#: Longest time a ``[tail]`` duration may name, in ms (an hour).
+_MAX_TAIL_MS = 3_600_000.0
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class ShardConfig:
-    """One shard: its name (unique) and the base URL of its shard server."""
+    """One shard: its name (unique) and the base URLs of its replicas.
+
+    ``url`` is the first replica's URL; ``replicas`` lists every replica's, ``url`` first
+    (left empty when built by hand, it becomes ``(url,)``).
+    """
 
     name: str
     url: str
+    replicas: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.replicas:
+            object.__setattr__(self, "replicas", (self.url,))
+        elif self.replicas[0] != self.url:
+            raise ValueError("url must be the first of the replicas")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +174,30 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """A whole configuration; ``source`` names where it came from (for messages)."""
+    """A whole configuration; ``source`` names where it came from (for messages).
+
+    ``tail`` is the ``[tail]`` table, ``None`` when the file has none.
+    """
 
     shards: tuple[ShardConfig, ...]
     query: QueryConfig = field(default_factory=QueryConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     source: str = "<config>"
+    tail: TailConfig | None = None
+
+    @property
+    def has_replicas(self) -> bool:
+        """True when some shard lists more than one replica."""
+        return any(len(s.replicas) > 1 for s in self.shards)
+
+    def tail_policy(self) -> TailConfig | None:
+        """The tail-tolerance settings to serve with: the ``[tail]`` table, the defaults when
+        some shard has replicas but the table is absent, else ``None`` (one request per
+        shard, no policy)."""
+        if self.tail is not None:
+            return self.tail
+        return TailConfig() if self.has_replicas else None
 
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -164,14 +236,17 @@ class _Reader:
         return ConfigError(f"{self.source}: {key}: {message}")
 
     def cluster(self, data: Mapping[str, Any]) -> ClusterConfig:
-        self.no_unknown_keys("", data, {"shards", "query", "limits", "server"})
+        self.no_unknown_keys("", data, {"shards", "query", "limits", "server", "tail"})
         shards = self.shards(data.get("shards"))
         query = self.section("query", data.get("query"), QueryConfig, self.query_value)
         limits = self.section("limits", data.get("limits"), LimitsConfig, self.limits_value)
         server = self.section("server", data.get("server"), ServerConfig, self.server_value)
-        return ClusterConfig(shards, query, limits, server, self.source)
+        tail = None if data.get("tail") is None else self.tail(data["tail"])
+        return ClusterConfig(shards, query, limits, server, self.source, tail)
 
-    def no_unknown_keys(self, where: str, table: Mapping[str, Any], known: set[str]) -> None:
+    def no_unknown_keys(
+        self, where: str, table: Mapping[str, Any], known: set[str] | frozenset[str]
+    ) -> None:
         for key in table:
             if key not in known:
                 path = f"{where}.{key}" if where else key
@@ -189,10 +264,10 @@ class _Reader:
             raise self.fail("shards", f"at most {MAX_SHARDS} shards, got {len(value)}")
         out: list[ShardConfig] = []
         names: dict[str, int] = {}
-        urls: dict[str, int] = {}
+        urls: dict[str, str] = {}
         for i, table in enumerate(value):
             where = f"shards[{i}]"
-            self.no_unknown_keys(where, table, {"name", "url"})
+            self.no_unknown_keys(where, table, {"name", "url", "replicas"})
             name = self.string(f"{where}.name", table.get("name"), required=True)
             if not name.isprintable() or name != name.strip() or len(name) > 128:
                 raise self.fail(
@@ -203,12 +278,32 @@ class _Reader:
                     f"{where}.name", f"duplicate name {name!r} (also shards[{names[name]}])"
                 )
             names[name] = i
-            url = self.url(f"{where}.url", table.get("url"))
-            if url in urls:
-                raise self.fail(f"{where}.url", f"duplicate url {url!r} (also shards[{urls[url]}])")
-            urls[url] = i
-            out.append(ShardConfig(name, url))
+            replicas = self.replica_urls(where, table)
+            for key, url in replicas:
+                if url in urls:
+                    raise self.fail(key, f"duplicate url {url!r} (also {urls[url]})")
+                urls[url] = key
+            out.append(ShardConfig(name, replicas[0][1], tuple(url for _, url in replicas)))
         return tuple(out)
+
+    def replica_urls(self, where: str, table: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """``(key, url)`` of every replica of one shard: its ``url`` or its ``replicas``."""
+        if "url" in table and "replicas" in table:
+            raise self.fail(f"{where}.replicas", "give either url or replicas, not both")
+        if "replicas" not in table:
+            key = f"{where}.url"
+            return [(key, self.url(key, table.get("url")))]
+        value = table["replicas"]
+        if not isinstance(value, list):
+            raise self.fail(f"{where}.replicas", f"must be an array of URLs, got {_type(value)}")
+        if not 1 <= len(value) <= MAX_REPLICAS:
+            raise self.fail(
+                f"{where}.replicas", f"must list 1..{MAX_REPLICAS} URLs, got {len(value)}"
+            )
+        return [
+            (f"{where}.replicas[{j}]", self.url(f"{where}.replicas[{j}]", item))
+            for j, item in enumerate(value)
+        ]
 
     def section(
         self,
@@ -224,6 +319,128 @@ class _Reader:
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         self.no_unknown_keys(name, table, known)
         return cls(**{key: check(f"{name}.{key}", key, value) for key, value in table.items()})
+
+    def tail(self, table: Any) -> TailConfig:
+        """``[tail]`` (and its ``breaker`` and ``retry`` sub-tables) as a :class:`TailConfig`."""
+        if not isinstance(table, dict):
+            raise self.fail("tail", "must be a table")
+        self.no_unknown_keys("tail", table, TAIL_KEYS)
+        ms = self.duration_ms
+        kwargs: dict[str, Any] = {}
+        if "selection" in table:
+            selection = self.string("tail.selection", table["selection"], required=True)
+            if selection not in SELECTORS:
+                raise self.fail(
+                    "tail.selection", f"must be one of {', '.join(SELECTORS)}, got {selection!r}"
+                )
+            kwargs["selection"] = selection
+        if "ewma_decay_ms" in table:
+            kwargs["ewma_decay_s"] = ms("tail.ewma_decay_ms", table["ewma_decay_ms"], zero=False)
+        kwargs.update(self.hedge(table))
+        if "backup_share" in table:
+            kwargs["backup_share"] = self.number(
+                "tail.backup_share", table["backup_share"], low=0.0, high=1.0
+            )
+        if "backup_burst" in table:
+            kwargs["backup_burst"] = self.number(
+                "tail.backup_burst", table["backup_burst"], low=1.0, high=1_000_000.0
+            )
+        if "max_attempts" in table:
+            kwargs["max_attempts"] = self.integer(
+                "tail.max_attempts", table["max_attempts"], low=1, high=MAX_ATTEMPTS
+            )
+        if "reuse_replicas" in table:
+            kwargs["reuse_replicas"] = self.boolean("tail.reuse_replicas", table["reuse_replicas"])
+        if "breaker" in table:
+            kwargs["breaker"] = self.breaker(table["breaker"])
+        if "retry" in table:
+            kwargs["retry"] = self.retry(table["retry"])
+        return self.build("tail", TailConfig, kwargs)
+
+    def hedge(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """The hedging keys of ``[tail]``: on or off, then a fixed delay or a percentile."""
+        out: dict[str, Any] = {}
+        ms = self.duration_ms
+        hedging = self.boolean("tail.hedging", table.get("hedging", True))
+        if "hedge_after_ms" in table and "hedge_percentile" in table:
+            raise self.fail(
+                "tail.hedge_after_ms", "give either hedge_after_ms or hedge_percentile, not both"
+            )
+        if not hedging:
+            for key in ("hedge_after_ms", "hedge_percentile"):
+                if key in table:
+                    raise self.fail(f"tail.{key}", "is set but hedging = false")
+            out["hedge_after_s"] = None
+            out["hedge_percentile"] = None
+        elif "hedge_after_ms" in table:
+            out["hedge_after_s"] = ms("tail.hedge_after_ms", table["hedge_after_ms"], zero=True)
+            out["hedge_percentile"] = None
+        elif "hedge_percentile" in table:
+            percentile = self.number(
+                "tail.hedge_percentile", table["hedge_percentile"], low=0.0, high=100.0
+            )
+            if not 0 < percentile < 100:
+                raise self.fail("tail.hedge_percentile", f"must be in (0, 100), got {percentile:g}")
+            out["hedge_percentile"] = percentile
+        if "hedge_window_ms" in table:
+            out["hedge_window_s"] = ms("tail.hedge_window_ms", table["hedge_window_ms"], zero=False)
+        if "hedge_refresh_ms" in table:
+            out["hedge_refresh_s"] = ms(
+                "tail.hedge_refresh_ms", table["hedge_refresh_ms"], zero=True
+            )
+        window_s = out.get("hedge_window_s", TailConfig().hedge_window_s)
+        if out.get("hedge_refresh_s", TailConfig().hedge_refresh_s) > window_s:
+            raise self.fail("tail.hedge_refresh_ms", "must not exceed hedge_window_ms")
+        if "hedge_min_samples" in table:
+            out["hedge_min_samples"] = self.integer(
+                "tail.hedge_min_samples", table["hedge_min_samples"], low=1, high=10_000
+            )
+        if "hedge_min_delay_ms" in table:
+            out["hedge_min_delay_s"] = ms(
+                "tail.hedge_min_delay_ms", table["hedge_min_delay_ms"], zero=True
+            )
+        return out
+
+    def breaker(self, table: Any) -> BreakerConfig:
+        if not isinstance(table, dict):
+            raise self.fail("tail.breaker", "must be a table")
+        self.no_unknown_keys("tail.breaker", table, BREAKER_KEYS)
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            path = f"tail.breaker.{key}"
+            if key == "failure_threshold":
+                kwargs[key] = self.integer(path, value, low=1, high=1_000_000)
+            elif key == "backoff_factor":
+                kwargs[key] = self.number(path, value, low=1.0, high=1000.0)
+            else:  # window_ms, cool_down_ms, max_cool_down_ms
+                kwargs[key.removesuffix("_ms") + "_s"] = self.duration_ms(path, value, zero=False)
+        cool_down_s = kwargs.get("cool_down_s", BreakerConfig().cool_down_s)
+        if cool_down_s > kwargs.get("max_cool_down_s", BreakerConfig().max_cool_down_s):
+            raise self.fail("tail.breaker.cool_down_ms", "must not exceed max_cool_down_ms")
+        return self.build("tail.breaker", BreakerConfig, kwargs)
+
+    def retry(self, table: Any) -> RetryConfig:
+        if not isinstance(table, dict):
+            raise self.fail("tail.retry", "must be a table")
+        self.no_unknown_keys("tail.retry", table, RETRY_KEYS)
+        kwargs: dict[str, Any] = {}
+        for key, value in table.items():
+            path = f"tail.retry.{key}"
+            if key == "enabled":
+                kwargs[key] = self.boolean(path, value)
+            else:  # base_backoff_ms, max_backoff_ms
+                kwargs[key.removesuffix("_ms") + "_s"] = self.duration_ms(path, value, zero=True)
+        base_s = kwargs.get("base_backoff_s", RetryConfig().base_backoff_s)
+        if base_s > kwargs.get("max_backoff_s", RetryConfig().max_backoff_s):
+            raise self.fail("tail.retry.base_backoff_ms", "must not exceed max_backoff_ms")
+        return self.build("tail.retry", RetryConfig, kwargs)
+
+    def build(self, where: str, cls: Callable[..., T], kwargs: dict[str, Any]) -> T:
+        """``cls(**kwargs)``, its own validation errors named after ``where``."""
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise self.fail(where, str(exc)) from exc
 
     # -- per-key checks ---------------------------------------------------------------------
 
@@ -276,6 +493,16 @@ class _Reader:
         if required and not value:
             raise self.fail(path, "must not be empty")
         return value
+
+    def boolean(self, path: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_type(value)}")
+        return value
+
+    def duration_ms(self, path: str, value: Any, *, zero: bool) -> float:
+        """A duration in ms (0 allowed only with ``zero``), returned in seconds."""
+        high = _MAX_TAIL_MS
+        return self.number(path, value, low=0.0, high=high, low_open=not zero) / 1000.0
 
     def integer(self, path: str, value: Any, *, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):

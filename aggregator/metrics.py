@@ -16,6 +16,23 @@ Exposed series (``GET /metrics``):
 * ``aggregator_queries_shed_total{reason}``: queries shed by admission control.
 * ``aggregator_queries_cancelled_total``: queries abandoned by their client mid-flight.
 * ``aggregator_event_loop_lag_seconds``: how late the loop woke a timer (histogram).
+
+With a tail-tolerant planner (:class:`~aggregator.tail.TailTolerantPlanner`), read from its
+own state at scrape time, per replica (``replica`` is the index within the shard):
+
+* ``aggregator_replica_breaker_state{shard,replica,state}``: 1 for the breaker's state now.
+* ``aggregator_replica_breaker_opened_total{shard,replica}``: times the breaker opened.
+* ``aggregator_replica_ewma_latency_seconds{shard,replica}``: peak-EWMA latency.
+* ``aggregator_replica_outstanding_requests{shard,replica}``: requests in flight now.
+* ``aggregator_replica_requests_total{shard,replica}``; ``aggregator_replica_failures_total
+  {shard,replica,kind}`` (``error`` / ``timeout``); ``aggregator_replica_hedges_sent_total``,
+  ``aggregator_replica_hedges_won_total``, ``aggregator_replica_retries_total``
+  ``{shard,replica}``.
+* ``aggregator_hedge_delay_seconds{shard}``: the hedge delay a plan would use now (shards
+  without one yet are left out).
+* ``aggregator_backup_budget_tokens``, ``aggregator_backup_primaries_total``,
+  ``aggregator_backup_requests_total`` (hedges and retries sent),
+  ``aggregator_backup_refused_total``: the shared hedge and retry budget.
 """
 
 from __future__ import annotations
@@ -27,10 +44,13 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from aggregator.admission import AdmissionQueue, ShedReason
+from aggregator.breaker import BreakerState
+from aggregator.cluster import Cluster
+from aggregator.tail import TailTolerantPlanner
 from aggregator.types import OutcomeStatus, ShardOutcome
 
 __all__ = [
@@ -104,12 +124,130 @@ class _AdmissionCollector(Collector):
         return [shed, admitted]
 
 
+class _TailCollector(Collector):
+    """Reads the tail-tolerance policies' own state at scrape time (no double bookkeeping)."""
+
+    def __init__(self, tail: TailTolerantPlanner, cluster: Cluster | None) -> None:
+        self._tail = tail
+        self._cluster = cluster
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["shard", "replica"]
+        state = GaugeMetricFamily(
+            "aggregator_replica_breaker_state",
+            "Circuit breaker state of each replica (1 for the current state).",
+            labels=[*labels, "state"],
+        )
+        opened = CounterMetricFamily(
+            "aggregator_replica_breaker_opened",
+            "Times each replica's breaker opened.",
+            labels=labels,
+        )
+        ewma = GaugeMetricFamily(
+            "aggregator_replica_ewma_latency_seconds",
+            "Peak-EWMA latency of each replica.",
+            labels=labels,
+        )
+        outstanding = GaugeMetricFamily(
+            "aggregator_replica_outstanding_requests",
+            "Requests in flight to each replica.",
+            labels=labels,
+        )
+        requests = CounterMetricFamily(
+            "aggregator_replica_requests", "Requests sent to each replica.", labels=labels
+        )
+        failures = CounterMetricFamily(
+            "aggregator_replica_failures",
+            "Failed requests to each replica, by kind (error, timeout).",
+            labels=[*labels, "kind"],
+        )
+        hedges_sent = CounterMetricFamily(
+            "aggregator_replica_hedges_sent", "Hedge copies sent to each replica.", labels=labels
+        )
+        hedges_won = CounterMetricFamily(
+            "aggregator_replica_hedges_won",
+            "Hedge copies to each replica that answered first.",
+            labels=labels,
+        )
+        retries = CounterMetricFamily(
+            "aggregator_replica_retries", "Retries sent to each replica.", labels=labels
+        )
+        for row in self._tail.replica_states(self._cluster):
+            key = [str(row["shard"]), str(row["replica"])]
+            for breaker_state in BreakerState:
+                current = 1.0 if row["breaker"] == breaker_state.value else 0.0
+                state.add_metric([*key, breaker_state.value], current)
+            opened.add_metric(key, _number(row["breaker_opened"]))
+            ewma.add_metric(key, _number(row["ewma_latency_ms"]) / 1000.0)
+            outstanding.add_metric(key, _number(row["outstanding"]))
+            requests.add_metric(key, _number(row["requests"]))
+            failures.add_metric([*key, "error"], _number(row["errors"]))
+            failures.add_metric([*key, "timeout"], _number(row["timeouts"]))
+            hedges_sent.add_metric(key, _number(row["hedges_sent"]))
+            hedges_won.add_metric(key, _number(row["hedges_won"]))
+            retries.add_metric(key, _number(row["retries"]))
+        delay = GaugeMetricFamily(
+            "aggregator_hedge_delay_seconds",
+            "The hedge delay a plan for each shard would use now.",
+            labels=["shard"],
+        )
+        names = self._cluster.names() if self._cluster is not None else ()
+        for name in names:
+            delay_ms = self._tail.hedge_delay_ms(name)
+            if delay_ms is not None:
+                delay.add_metric([name], delay_ms / 1000.0)
+        budget = self._tail.budget_state()
+        tokens = GaugeMetricFamily(
+            "aggregator_backup_budget_tokens", "Tokens left in the hedge and retry budget."
+        )
+        tokens.add_metric([], _number(budget["tokens"]))
+        primaries = CounterMetricFamily(
+            "aggregator_backup_primaries", "Primary requests that fed the hedge and retry budget."
+        )
+        primaries.add_metric([], _number(budget["primaries"]))
+        backups = CounterMetricFamily(
+            "aggregator_backup_requests", "Backup requests (hedges and retries) sent."
+        )
+        backups.add_metric([], _number(budget["backups"]))
+        refused = CounterMetricFamily(
+            "aggregator_backup_refused", "Backup requests the budget refused."
+        )
+        refused.add_metric([], _number(budget["refused"]))
+        return [
+            state,
+            opened,
+            ewma,
+            outstanding,
+            requests,
+            failures,
+            hedges_sent,
+            hedges_won,
+            retries,
+            delay,
+            tokens,
+            primaries,
+            backups,
+            refused,
+        ]
+
+
+#: Per-replica figures ``GET /shards`` copies from the planner's state as they are.
+_REPLICA_COUNTS = (
+    "outstanding", "requests", "errors", "timeouts", "hedges_sent", "hedges_won", "retries",
+)  # fmt: skip
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 class ServiceMetrics:
     """Every metric of one service instance.
 
     ``shards`` are the shard names (fixed label values); ``admission`` (optional) is read at
     scrape time for in-flight, waiting and shed figures; ``shard_urls`` are shown by
-    :meth:`shard_summaries`.
+    :meth:`shard_summaries`. ``tail`` (optional) is the tail-tolerant planner, read at scrape
+    time for per-replica series, with ``cluster`` naming every replica (and its URL).
     """
 
     def __init__(
@@ -119,8 +257,12 @@ class ServiceMetrics:
         admission: AdmissionQueue | None = None,
         shard_urls: dict[str, str] | None = None,
         window: int = RECENT_WINDOW,
+        tail: TailTolerantPlanner | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.tail = tail
+        self.cluster = cluster
         self.shard_names = tuple(shards)
         self.shard_urls = dict(shard_urls or {})
         self._recent = {name: RecentLatencies(window) for name in self.shard_names}
@@ -173,6 +315,8 @@ class ServiceMetrics:
             self.in_flight.set_function(lambda: admission.in_flight)
             self.waiting.set_function(lambda: admission.waiting)
             r.register(_AdmissionCollector(admission))
+        if tail is not None:
+            r.register(_TailCollector(tail, cluster))
         # Every series exists from the start, at zero; the children are looked up once here,
         # not per query (a label lookup costs more than the increment it leads to).
         self._latency_child = {name: self.shard_latency.labels(name) for name in self.shard_names}
@@ -216,25 +360,65 @@ class ServiceMetrics:
     # -- reading ----------------------------------------------------------------------------
 
     def shard_summaries(self) -> list[dict[str, Any]]:
-        """Per shard: name, url, recent latency percentiles (ms) and outcome counts."""
+        """Per shard: name, url, recent latency percentiles (ms) and outcome counts.
+
+        With a tail-tolerant planner also ``hedge_delay_ms`` and ``replicas``: per replica its
+        index, label, url, breaker state, times opened, EWMA latency (ms), outstanding
+        requests, and counts of requests, errors, timeouts, hedges sent and won, retries.
+        """
+        replicas = self._replica_summaries()
         out: list[dict[str, Any]] = []
         for name in self.shard_names:
             recent = self._recent[name]
             p50, p90, p99 = recent.percentiles_ms() or (None, None, None)
-            out.append(
-                {
-                    "name": name,
-                    "url": self.shard_urls.get(name),
-                    "recent": {
-                        "calls": len(recent),
-                        "p50_ms": _round(p50),
-                        "p90_ms": _round(p90),
-                        "p99_ms": _round(p99),
-                    },
-                    "outcomes": dict(self._outcome_counts[name]),
-                }
-            )
+            summary: dict[str, Any] = {
+                "name": name,
+                "url": self.shard_urls.get(name),
+                "recent": {
+                    "calls": len(recent),
+                    "p50_ms": _round(p50),
+                    "p90_ms": _round(p90),
+                    "p99_ms": _round(p99),
+                },
+                "outcomes": dict(self._outcome_counts[name]),
+            }
+            if self.tail is not None:
+                summary["hedge_delay_ms"] = _round(self.tail.hedge_delay_ms(name))
+                summary["replicas"] = replicas.get(name, [])
+            out.append(summary)
         return out
+
+    def budget_summary(self) -> dict[str, Any] | None:
+        """The shared hedge and retry budget (``None`` without a tail-tolerant planner)."""
+        if self.tail is None:
+            return None
+        budget = self.tail.budget_state()
+        return {k: _round(v) if isinstance(v, float) else v for k, v in budget.items()}
+
+    def _replica_summaries(self) -> dict[str, list[dict[str, Any]]]:
+        if self.tail is None:
+            return {}
+        urls: dict[tuple[str, int], str | None] = {}
+        if self.cluster is not None:
+            for shard_of in self.cluster.shards:
+                for index, backend in enumerate(shard_of.replicas):
+                    url = getattr(backend, "url", None)
+                    urls[shard_of.name, index] = str(url) if url else None
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for row in self.tail.replica_states(self.cluster):
+            shard, index = str(row["shard"]), int(_number(row["replica"]))
+            entry: dict[str, Any] = {
+                "index": index,
+                "label": row["label"],
+                "url": urls.get((shard, index)),
+                "breaker": row["breaker"],
+                "breaker_opened": row["breaker_opened"],
+                "ewma_latency_ms": _round(_number(row["ewma_latency_ms"])),
+            }
+            for key in _REPLICA_COUNTS:
+                entry[key] = row[key]
+            grouped.setdefault(shard, []).append(entry)
+        return grouped
 
 
 def _round(value: float | None) -> float | None:

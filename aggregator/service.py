@@ -5,7 +5,9 @@ Endpoints:
 * ``GET /search?q=&k=&deadline_ms=&min_coverage=`` and ``POST /search`` (a JSON object with
   the same fields) answer a query: 200 with :func:`aggregator.wire.response_to_dict`.
 * ``GET /healthz`` (liveness; 503 while draining), ``GET /shards`` (per shard: URL, document
-  count, recent latency percentiles, outcome counts), ``GET /metrics`` (Prometheus text).
+  count, recent latency percentiles, outcome counts; with a tail-tolerant planner also per
+  replica: breaker state, EWMA latency, outstanding requests, hedges sent and won, and the
+  hedge and retry budget), ``GET /metrics`` (Prometheus text).
 
 Errors are always JSON ``{"error": {"type", "reason"}}``, never a stack trace:
 
@@ -49,6 +51,7 @@ from aggregator.coordinator import Coordinator
 from aggregator.deadline import MAX_BUDGET_MS, Deadline, validate_budget_ms
 from aggregator.errors import AggregatorError, InvalidQuery, NoShardAnswered, Overloaded
 from aggregator.metrics import LoopLagMonitor, ServiceMetrics
+from aggregator.tail import TailTolerantPlanner
 from aggregator.types import MAX_K, Query
 from aggregator.wire import dump_json, error_to_dict, response_to_dict
 
@@ -142,6 +145,8 @@ def create_app(
             coordinator.cluster.names(),
             admission=admission.queue,
             shard_urls=dict(shard_urls) if shard_urls is not None else _urls_of(coordinator),
+            tail=_tail_of(coordinator),
+            cluster=coordinator.cluster,
         )
     service = _Service(coordinator, admission, metrics, settings)
     middlewares: list[Middleware] = [_error_middleware]
@@ -158,6 +163,12 @@ def create_app(
     if settings.loop_lag_interval_s > 0:
         app.cleanup_ctx.append(service.loop_lag_context)
     return app
+
+
+def _tail_of(coordinator: Coordinator) -> TailTolerantPlanner | None:
+    """The coordinator's planner when it is tail-tolerant (its state feeds /shards, /metrics)."""
+    planner = coordinator.planner
+    return planner if isinstance(planner, TailTolerantPlanner) else None
 
 
 def _urls_of(coordinator: Coordinator) -> dict[str, str]:
@@ -312,6 +323,9 @@ class _Service:
         summaries = self.metrics.shard_summaries()
         for summary in summaries:
             summary["docs"] = docs.get(summary["name"])
+        budget = self.metrics.budget_summary()
+        if budget is not None:
+            return json_response({"shards": summaries, "backup_budget": budget})
         return json_response({"shards": summaries})
 
     async def metrics_text(self, request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ COMMANDS = {
     "quality": ("bench.quality", "retrieval quality (nDCG@10, Recall@100) against coverage"),
     "index": ("bench.index_speed", "BM25 index speed against bm25s"),
     "tail-at-scale": ("bench.tail_at_scale", "hedging and wait-for-all in virtual time"),
+    "tail-sockets": ("bench.tail_sockets", "replicas, hedging and breakers over loopback"),
     "run": ("bench.run", "run a scenario file: open-loop load, strategies, reports, plots"),
     "soak": ("bench.soak", "overload soak: shedding, memory, leaks, recovery"),
 }

@@ -161,8 +161,10 @@ def arrival_offsets_s(spec: LoadSpec) -> npt.NDArray[np.float64]:
 class LoadResult:
     """Everything one run measured. Times in seconds unless the name says otherwise.
 
-    ``latency`` is measured from each request's intended send time (the honest figure);
-    ``service`` from the moment it was actually sent (what a coordinated-omission-prone tool
+    ``latency`` is measured from each request's intended send time (the honest figure), for
+    every request however it ended; ``answered`` is the same for answers only (complete or
+    partial), since fast failures would otherwise flatter the figures; ``service`` is measured
+    from the moment each request was actually sent (what a coordinated-omission-prone tool
     would report; compare the two). ``lag`` holds how late each send was. The per-request
     arrays (``offsets_s``, ``latency_s``, ``status``, ``coverage``) cover every scheduled
     request, including warm-up ones (``nan`` where not applicable).
@@ -172,6 +174,7 @@ class LoadResult:
     latency: LatencyHistogram
     service: LatencyHistogram
     lag: LatencyHistogram
+    answered: LatencyHistogram
     offsets_s: npt.NDArray[np.float64]
     latency_s: npt.NDArray[np.float64]
     status: npt.NDArray[np.int8]
@@ -268,6 +271,7 @@ class _Run:
             spec=spec,
             latency=LatencyHistogram(),
             service=LatencyHistogram(),
+            answered=LatencyHistogram(),
             lag=LatencyHistogram(),
             offsets_s=offsets,
             latency_s=np.full(n, np.nan),
@@ -287,6 +291,8 @@ class _Run:
         if self.offsets[index] >= self.spec.warmup_s:
             r.latency.record_s(latency_s)
             r.service.record_s(max(0.0, end_s - sent_s))
+            if outcome.status in (RequestStatus.OK, RequestStatus.PARTIAL):
+                r.answered.record_s(latency_s)
             r.extra_requests += outcome.extra_requests
             if outcome.reason:
                 r.reasons[outcome.reason] = r.reasons.get(outcome.reason, 0) + 1

@@ -155,6 +155,7 @@ def cell_summary(cell: Cell, result: LoadResult) -> dict[str, Any]:
         "partial_share": _round(counts["partial"] / answers, 6) if answers else None,
         "failure_share": _round(failures / measured, 6) if measured else None,
         "latency_ms": result.latency.summary().to_dict(),
+        "answered_ms": result.answered.summary().to_dict(),
         "service_ms": result.service.summary().to_dict(),
         "lag_ms": result.lag.summary().to_dict(),
         "coverage": _coverage(result),
@@ -323,8 +324,24 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
         "",
         "## Latency (ms, from intended send time)",
         "",
+        "Every request counts, however it ended; the last three columns count answers only "
+        "(complete or partial), since fast failures would otherwise flatter the figures.",
+        "",
         _md_table(
-            ["run", "offered/s", "achieved/s", "p50", "p90", "p99", "p99.9", "max", "measured"],
+            [
+                "run",
+                "offered/s",
+                "achieved/s",
+                "p50",
+                "p90",
+                "p99",
+                "p99.9",
+                "max",
+                "measured",
+                "answers",
+                "answers p50",
+                "answers p99",
+            ],
             (
                 [
                     c["key"],
@@ -335,6 +352,9 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
                         for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
                     ),
                     str(c["requests"]["measured"]),
+                    str(c["answered_ms"]["count"]),
+                    _fmt(c["answered_ms"]["p50_ms"]),
+                    _fmt(c["answered_ms"]["p99_ms"]),
                 ]
                 for c in cells
             ),

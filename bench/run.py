@@ -124,7 +124,10 @@ def run_virtual_cell(scenario: Scenario, cell: Cell, progress: Progress | None) 
         loop = asyncio.get_running_loop()
         backends = build_backends(scenario.cluster, cell.shards)
         coordinator = build_coordinator(
-            backends, cell.strategy, max_inflight_per_shard=scenario.cluster.max_concurrency
+            backends,
+            cell.strategy,
+            max_inflight_per_shard=scenario.cluster.max_concurrency,
+            seed=scenario.cluster.seed,
         )
         target = coordinator_target(coordinator, cell.strategy, scenario.texts, scenario.k)
         try:

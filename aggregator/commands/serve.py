@@ -8,7 +8,11 @@
 Without ``--config`` the built-in cluster (:mod:`aggregator.local_cluster`) is started on
 loopback ephemeral ports and served through the real HTTP shard client. With ``--config``,
 the shards are the file's ``[[shards]]``; each is probed (``/healthz``) for its document count
-at start, for up to :data:`STARTUP_PROBE_S` seconds.
+at start, for up to :data:`STARTUP_PROBE_S` seconds. A shard with several replicas needs one
+of them to answer the probe; the others are served anyway (their circuit breakers keep
+queries away while they are down). With replicas, or a ``[tail]`` table, the coordinator
+plans with :class:`~aggregator.tail.TailTolerantPlanner` (replica selection, hedging,
+circuit breakers, retries; its state is per worker process).
 
 ``--workers N`` runs N worker processes sharing one port through ``SO_REUSEPORT`` (the kernel
 spreads connections across them). The parent reserves the port first (so ``--port 0`` gives
@@ -48,7 +52,13 @@ from aiohttp import web
 from aggregator._cli import LOOP_CHOICES, run_loop
 from aggregator.admission import Admission, AdmissionLimits
 from aggregator.backend import ShardBackend
-from aggregator.client import HttpShard, ShardClient, ShardClientConfig, connect_shards
+from aggregator.client import (
+    HttpShard,
+    ShardClient,
+    ShardClientConfig,
+    ShardHealth,
+    normalize_url,
+)
 from aggregator.config import (
     DEFAULT_PORT,
     LimitsConfig,
@@ -57,8 +67,9 @@ from aggregator.config import (
     load_config,
 )
 from aggregator.coordinator import Coordinator, CoordinatorConfig
-from aggregator.errors import ConfigError, ShardUnavailable
+from aggregator.errors import ConfigError, ShardError, ShardUnavailable
 from aggregator.service import ServiceSettings, create_app
+from aggregator.tail import TailConfig, TailTolerantPlanner
 
 __all__ = ["MAX_WORKERS", "STARTUP_PROBE_S", "TOKEN_ENV", "ServePlan", "add_arguments", "run"]
 
@@ -89,7 +100,8 @@ class ServePlan:
     """Everything a serving process needs, resolved from flags, environment and config.
 
     Picklable, so the parent hands it to worker processes as is. ``shards`` is ``None`` for
-    the built-in cluster (started later, by the process that owns it).
+    the built-in cluster (started later, by the process that owns it). ``tail`` is the
+    tail-tolerance policy (``None``: one request per shard, no policy).
     """
 
     host: str
@@ -104,6 +116,7 @@ class ServePlan:
     use_index: bool
     source: str
     log_level: str = "INFO"
+    tail: TailConfig | None = None
 
     def service_settings(self) -> ServiceSettings:
         """The HTTP service's settings."""
@@ -185,6 +198,7 @@ def _plan(args: argparse.Namespace) -> ServePlan:
         use_index=not args.simulated,
         source=config.source if config else "built-in",
         log_level=args.log_level,
+        tail=config.tail_policy() if config else None,
     )
 
 
@@ -211,8 +225,13 @@ async def _shard_targets(
 ) -> tuple[tuple[ShardTarget, ...], str]:
     """The shards to query, starting the built-in cluster (owned by ``stack``) if needed."""
     if plan.shards is not None:
-        targets = tuple(ShardTarget(s.name, s.url) for s in plan.shards)
-        return targets, f"{len(targets)} shards from {plan.source}"
+        targets = tuple(ShardTarget(s.name, url) for s in plan.shards for url in s.replicas)
+        description = f"{len(plan.shards)} shards from {plan.source}"
+        if len(targets) > len(plan.shards):
+            description = f"{len(plan.shards)} shards, {len(targets)} replicas from {plan.source}"
+        if plan.tail is not None:
+            description += f"; {_describe_tail(plan.tail)}"
+        return targets, description
     from aggregator.local_cluster import start_builtin_cluster
 
     builtin = await stack.enter_async_context(start_builtin_cluster(use_index=plan.use_index))
@@ -243,6 +262,7 @@ async def _run_service(
                 default_deadline_ms=plan.query.default_deadline_ms,
                 max_inflight_per_shard=limits.max_inflight_per_shard,
             ),
+            planner=TailTolerantPlanner(plan.tail) if plan.tail is not None else None,
         )
         admission = Admission(
             AdmissionLimits(
@@ -290,9 +310,7 @@ async def _connect(targets: Sequence[ShardTarget], client: ShardClient) -> list[
     give_up_at_s = loop.time() + STARTUP_PROBE_S
     while True:
         try:
-            shards = await connect_shards(
-                [t.url for t in targets], client, names=[t.name for t in targets]
-            )
+            return await _probe(targets, client)
         except ShardUnavailable as exc:
             if loop.time() + _PROBE_RETRY_S > give_up_at_s:
                 raise ShardUnavailable(
@@ -300,8 +318,45 @@ async def _connect(targets: Sequence[ShardTarget], client: ShardClient) -> list[
                 ) from exc
             logger.warning("waiting for shards: %s", exc)
             await asyncio.sleep(_PROBE_RETRY_S)
-            continue
-        return list(shards)
+
+
+async def _probe(targets: Sequence[ShardTarget], client: ShardClient) -> list[ShardBackend]:
+    """Probe every target's ``/healthz`` at once; one backend per target, in order.
+
+    A shard is ready when one of its replicas answered: replicas that did not are served
+    anyway, with the document count their siblings reported, and left to the circuit
+    breakers. Raises :class:`ShardUnavailable` naming every URL of a shard none of whose
+    replicas answered.
+    """
+    results: list[ShardHealth | BaseException] = await asyncio.gather(
+        *(client.fetch_health(t.url) for t in targets), return_exceptions=True
+    )
+    docs: dict[str, int] = {}
+    failures: dict[str, list[str]] = {}
+    for target, result in zip(targets, results, strict=True):
+        if isinstance(result, ShardError):
+            failures.setdefault(target.name, []).append(f"{target.url}: {result}")
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            docs[target.name] = max(docs.get(target.name, 0), result.docs)
+    missing = [f for name, fs in failures.items() if name not in docs for f in fs]
+    if missing:
+        raise ShardUnavailable(f"{len(missing)} shard(s) did not answer: " + "; ".join(missing))
+    for name, fs in failures.items():
+        logger.warning("shard %s: serving without replicas that did not answer: %s", name, fs)
+    return [HttpShard(t.name, normalize_url(t.url), docs[t.name], client) for t in targets]
+
+
+def _describe_tail(tail: TailConfig) -> str:
+    """One line for the banner: how replicas are chosen and when hedges go."""
+    if tail.hedge_after_s is not None:
+        hedge = f"hedge after {tail.hedge_after_s * 1000:g} ms"
+    elif tail.hedge_percentile is not None:
+        hedge = f"hedge at p{tail.hedge_percentile:g}"
+    else:
+        hedge = "no hedging"
+    return f"tail tolerance: {tail.selection}, {hedge}, backups <= {tail.backup_share:.0%}"
 
 
 # -- several worker processes --------------------------------------------------------------------

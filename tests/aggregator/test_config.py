@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from aggregator import ConfigError
+from aggregator.breaker import BreakerConfig
 from aggregator.config import (
     ClusterConfig,
     LimitsConfig,
@@ -16,6 +17,8 @@ from aggregator.config import (
     load_config,
     parse_config,
 )
+from aggregator.retry import RetryConfig
+from aggregator.tail import TailConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "cluster.example.toml"
 
@@ -139,3 +142,178 @@ def test_load_names_the_file_in_errors(tmp_path: Path) -> None:
     path.write_text(MINIMAL + "[limits]\nmax_waiting = -1\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.toml: limits\.max_waiting: must be in 0\.\."):
         load_config(path)
+
+
+# -- replicas and [tail] -----------------------------------------------------------------------
+
+REPLICATED = """
+[[shards]]
+name = "a"
+url = "http://127.0.0.1:9001"
+[[shards]]
+name = "b"
+replicas = ["http://127.0.0.1:9100/", "http://127.0.0.1:9101"]
+"""
+
+
+def test_a_shard_may_list_replicas_next_to_single_url_shards() -> None:
+    """`replicas` gives a shard several URLs (url = the first); `url` still means one."""
+    config = parse_config(REPLICATED, "cluster.toml")
+    a, b = config.shards
+    assert a == ShardConfig("a", "http://127.0.0.1:9001")
+    assert a.replicas == ("http://127.0.0.1:9001",)
+    assert b.url == "http://127.0.0.1:9100"
+    assert b.replicas == ("http://127.0.0.1:9100", "http://127.0.0.1:9101")
+    assert config.has_replicas
+    assert config.tail is None
+    assert config.tail_policy() == TailConfig()
+
+
+def test_no_replicas_and_no_tail_table_means_no_tail_policy() -> None:
+    """A plain cluster keeps one request per shard: no tail policy."""
+    config = parse_config(MINIMAL)
+    assert not config.has_replicas
+    assert config.tail_policy() is None
+
+
+def test_the_shipped_example_lists_replicas_and_default_tail_settings() -> None:
+    """docs/cluster.example.toml's [tail] tables state exactly TailConfig's defaults."""
+    config = load_config(EXAMPLE)
+    assert len(config.shards[1].replicas) == 2
+    assert config.tail == TailConfig()
+
+
+def test_tail_table_maps_milliseconds_to_tail_config() -> None:
+    """Every [tail] key lands in TailConfig, durations converted from ms to seconds."""
+    config = parse_config(
+        MINIMAL
+        + """
+[tail]
+selection = "round_robin"
+ewma_decay_ms = 2000
+hedge_after_ms = 20
+hedge_window_ms = 10000
+hedge_refresh_ms = 1000
+hedge_min_samples = 10
+hedge_min_delay_ms = 2
+backup_share = 0.1
+backup_burst = 10
+max_attempts = 3
+reuse_replicas = true
+[tail.breaker]
+failure_threshold = 3
+window_ms = 5000
+cool_down_ms = 500
+max_cool_down_ms = 8000
+backoff_factor = 3
+[tail.retry]
+enabled = false
+base_backoff_ms = 1
+max_backoff_ms = 4
+"""
+    )
+    assert config.tail == TailConfig(
+        selection="round_robin",
+        ewma_decay_s=2.0,
+        hedge_after_s=0.02,
+        hedge_percentile=None,
+        hedge_window_s=10.0,
+        hedge_refresh_s=1.0,
+        hedge_min_samples=10,
+        hedge_min_delay_s=0.002,
+        backup_share=0.1,
+        backup_burst=10.0,
+        max_attempts=3,
+        reuse_replicas=True,
+        breaker=BreakerConfig(3, 5.0, 0.5, 8.0, 3.0),
+        retry=RetryConfig(False, 0.001, 0.004),
+    )
+    assert config.tail_policy() is config.tail
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        ("hedge_percentile = 99", TailConfig(hedge_percentile=99.0)),
+        ("hedging = false", TailConfig(hedge_percentile=None)),
+        ("selection = 'random'", TailConfig(selection="random")),
+    ],
+)
+def test_hedging_is_a_percentile_a_fixed_delay_or_off(tail: str, expected: TailConfig) -> None:
+    """hedge_percentile and hedging = false map to the planner's hedge settings."""
+    assert parse_config(MINIMAL + "[tail]\n" + tail).tail == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[[shards]]\nname = 'a'\nurl = 'http://h:1'\nreplicas = ['http://h:2']",
+            "shards[0].replicas: give either url or replicas, not both",
+        ),
+        ("[[shards]]\nname = 'a'\nreplicas = []", "shards[0].replicas: must list 1..16 URLs"),
+        ("[[shards]]\nname = 'a'\nreplicas = 'http://h:1'", "shards[0].replicas: must be an array"),
+        (
+            "[[shards]]\nname = 'a'\nreplicas = ['http://h:1', 'ftp://h:2']",
+            "shards[0].replicas[1]: must be an http",
+        ),
+        (
+            "[[shards]]\nname = 'a'\nreplicas = ['http://h:1', 3]",
+            "shards[0].replicas[1]: must be a string",
+        ),
+        (
+            "[[shards]]\nname = 'a'\nreplicas = ['http://h:1', 'http://h:1/']",
+            "shards[0].replicas[1]: duplicate url 'http://h:1' (also shards[0].replicas[0])",
+        ),
+        (
+            "[[shards]]\nname = 'a'\nurl = 'http://h:1'\n"
+            "[[shards]]\nname = 'b'\nreplicas = ['http://h:2', 'http://h:1']",
+            "shards[1].replicas[1]: duplicate url 'http://h:1' (also shards[0].url)",
+        ),
+        (
+            "[[shards]]\nname = 'a'\nreplicas = ["
+            + ", ".join(f"'http://h:{i}'" for i in range(1, 18))
+            + "]",
+            "shards[0].replicas: must list 1..16 URLs, got 17",
+        ),
+        ("tail = 3\n" + MINIMAL, "tail: must be a table"),
+        (MINIMAL + "[tail]\nselectoin = 'p2c'", "tail.selectoin: unknown key"),
+        (MINIMAL + "[tail]\nselection = 'fastest'", "tail.selection: must be one of p2c"),
+        (
+            MINIMAL + "[tail]\nhedge_after_ms = 5\nhedge_percentile = 95",
+            "tail.hedge_after_ms: give either hedge_after_ms or hedge_percentile",
+        ),
+        (
+            MINIMAL + "[tail]\nhedging = false\nhedge_percentile = 95",
+            "tail.hedge_percentile: is set but hedging = false",
+        ),
+        (MINIMAL + "[tail]\nhedging = 'no'", "tail.hedging: must be true or false, got a string"),
+        (MINIMAL + "[tail]\nhedge_percentile = 100", "tail.hedge_percentile: must be in (0, 100)"),
+        (MINIMAL + "[tail]\nhedge_after_ms = -1", "tail.hedge_after_ms: must be in [0,"),
+        (MINIMAL + "[tail]\nhedge_refresh_ms = 60000", "tail.hedge_refresh_ms: must not exceed"),
+        (MINIMAL + "[tail]\newma_decay_ms = 0", "tail.ewma_decay_ms: must be in (0,"),
+        (MINIMAL + "[tail]\nbackup_share = 1.5", "tail.backup_share: must be in [0, 1]"),
+        (MINIMAL + "[tail]\nmax_attempts = 6", "tail.max_attempts: must be in 1..5"),
+        (MINIMAL + "[tail]\nreuse_replicas = 1", "tail.reuse_replicas: must be true or false"),
+        (MINIMAL + "[tail]\nbreaker = 3", "tail.breaker: must be a table"),
+        (MINIMAL + "[tail.breaker]\nthreshold = 3", "tail.breaker.threshold: unknown key"),
+        (MINIMAL + "[tail.breaker]\nfailure_threshold = 0", "tail.breaker.failure_threshold"),
+        (
+            MINIMAL + "[tail.breaker]\ncool_down_ms = 60000",
+            "tail.breaker.cool_down_ms: must not exceed max_cool_down_ms",
+        ),
+        (MINIMAL + "[tail.breaker]\nbackoff_factor = 0.5", "tail.breaker.backoff_factor: must be"),
+        (MINIMAL + "[tail.retry]\nenabled = 1", "tail.retry.enabled: must be true or false"),
+        (MINIMAL + "[tail.retry]\nbase_ms = 1", "tail.retry.base_ms: unknown key"),
+        (
+            MINIMAL + "[tail.retry]\nbase_backoff_ms = 100",
+            "tail.retry.base_backoff_ms: must not exceed max_backoff_ms",
+        ),
+    ],
+)
+def test_replica_and_tail_errors_name_the_file_and_the_key(text: str, message: str) -> None:
+    """Bad replicas and [tail] values raise ConfigError naming the file and the exact key."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "cluster.toml")
+    assert str(info.value).startswith("cluster.toml: ")
+    assert message in str(info.value)

@@ -450,7 +450,8 @@ async def served_here() -> AsyncIterator[int]:
 
 
 async def _wait_for_answer(port: int, request: bytes, limit_s: float) -> tuple[float, bytes]:
-    """Send ``request`` and wait (in loop time) for the server to answer or hang up."""
+    """Send ``request``; wait (in loop time) for a whole response, or for the server to hang
+    up; return how long that took and what came (``b"<no answer>"`` if neither happened)."""
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -459,12 +460,29 @@ async def _wait_for_answer(port: int, request: bytes, limit_s: float) -> tuple[f
         start_s = loop.time()
         try:
             async with asyncio.timeout(limit_s):
-                answer = await reader.read()
+                answer = await _read_response(reader)
         except TimeoutError:
             answer = b"<no answer>"
         return loop.time() - start_s, answer
     finally:
         writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    """One whole HTTP response, or what came before the server hung up (b"" for nothing)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    try:
+        return head + await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        return head + exc.partial
 
 
 @pytest.mark.looptime

@@ -54,6 +54,8 @@ def test_cell_summary_counts_every_outcome() -> None:
     assert summary["extra_requests"] == r["partial"]
     assert summary["reasons"] == {"no shard answered": r["error"], "HTTP 503": r["shed"]}
     assert summary["latency_ms"]["p50_ms"] == pytest.approx(10.0, abs=0.01)
+    assert summary["latency_ms"]["count"] == 150
+    assert summary["answered_ms"]["count"] == r["ok"] + r["partial"]
     assert summary["kept_rate"] is True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from bench.soak import SoakSettings, fd_kinds, recovery_time_s
 DEADLINE_MS = 100.0
 
 
-def _result(status: list[int], latency_ms: list[float], rate_per_s: float = 100.0) -> LoadResult:
+def _result(
+    status: Sequence[int], latency_ms: Sequence[float], rate_per_s: float = 100.0
+) -> LoadResult:
     n = len(status)
     spec = LoadSpec(rate_per_s=rate_per_s, duration_s=n / rate_per_s, arrivals="constant")
     return LoadResult(
@@ -23,6 +26,7 @@ def _result(status: list[int], latency_ms: list[float], rate_per_s: float = 100.
         latency=LatencyHistogram(),
         service=LatencyHistogram(),
         lag=LatencyHistogram(),
+        answered=LatencyHistogram(),
         offsets_s=np.arange(n, dtype=np.float64) / rate_per_s,
         latency_s=np.array(latency_ms, dtype=np.float64) / 1000.0,
         status=np.array(status, dtype=np.int8),

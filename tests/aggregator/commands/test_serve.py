@@ -18,7 +18,7 @@ import pytest
 from aggregator.__main__ import COMMANDS
 from aggregator._cli import run_commands
 from shards.local_cluster import LocalShardCluster
-from shards.sim import simulated_cluster
+from shards.sim import SimulatedShard, simulated_cluster
 
 _URL = re.compile(rb"serving (http://127\.0\.0\.1:\d+)")
 
@@ -121,6 +121,39 @@ async def test_workers_share_one_port_and_stop_with_status_0() -> None:
                 status, _ = await get(session, served.url + "/search", params={"q": "x"})
                 assert status == 200
         assert await served.stop() == 0
+
+
+async def test_replicated_config_serves_through_a_dead_replica(tmp_path: Path) -> None:
+    """A shard with two replicas, one refusing connections from the start: the service
+    starts, answers every query from the live replica, and /shards shows the dead one's
+    breaker open after [tail.breaker] failure_threshold failures."""
+    backends = [
+        SimulatedShard("alpha", 50, "constant:0ms", seed=3, replica=f"r{i}") for i in (1, 2)
+    ]
+    async with LocalShardCluster(backends) as cluster:
+        await cluster.stop_shard(1)
+        path = tmp_path / "cluster.toml"
+        path.write_text(
+            '[[shards]]\nname = "alpha"\n'
+            f'replicas = ["{cluster.urls[0]}", "{cluster.urls[1]}"]\n'
+            '[tail]\nselection = "round_robin"\nhedging = false\n'
+            "[tail.breaker]\nfailure_threshold = 2\ncool_down_ms = 600000\n"
+            "max_cool_down_ms = 600000\n",
+            encoding="utf-8",
+        )
+        async with serve("--config", str(path)) as served, aiohttp.ClientSession() as session:
+            for _ in range(4):  # round robin: queries 2 and 4 lead with the dead replica
+                status, body = await get(session, served.url + "/search", params={"q": "x"})
+                assert status == 200
+                assert (body["shards"][0]["status"], body["shards"][0]["replica"]) == (
+                    "ok",
+                    "alpha/0",
+                )
+            status, listed = await get(session, served.url + "/shards")
+            live, dead = listed["shards"][0]["replicas"]
+            assert (live["breaker"], dead["breaker"]) == ("closed", "open")
+            assert (dead["url"], dead["errors"]) == (cluster.urls[1], 2)
+            assert await served.stop() == 0
 
 
 @pytest.mark.parametrize(
