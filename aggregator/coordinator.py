@@ -99,10 +99,10 @@ class _FanIn:
 
     def on_done(self, task: asyncio.Task[ShardResult]) -> None:
         self._pending -= 1
-        if not task.cancelled() and task.exception() is None:
-            result = task.result()
-            if result.outcome.status is OutcomeStatus.OK:
-                self._docs_ok += result.outcome.docs
+        if not task.cancelled():
+            outcome = task.result().outcome
+            if outcome.status is OutcomeStatus.OK:
+                self._docs_ok += outcome.docs
         if self._pending == 0:
             self._open()
         elif self._grace_handle is None and self._docs_ok >= self._docs_target:
@@ -205,43 +205,49 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         clock = BoundLoopClock(loop) if type(self.clock) is LoopClock else self.clock
         deadline = plan.deadline
+        query = plan.query
         by_name = self._by_name
         self._check_covers_cluster(plan)
-        calls: list[ShardCall | None] = []
-        outcomes: list[ShardOutcome | None] = []
-        tasks: list[asyncio.Task[ShardResult] | None] = []
+        feedback = self.feedback
+        lingering = self._lingering
+        limits = self._limits
+        dispatched_at_s = clock.now_s()
+        # One slot per shard, in plan order: a finished outcome (skipped shards) or the call
+        # and task still to be read.
+        slots: list[ShardOutcome | tuple[ShardCall, asyncio.Task[ShardResult]]] = []
+        live: list[asyncio.Task[ShardResult]] = []
         for shard_plan in plan.shards:
             shard = by_name[shard_plan.shard]
             if shard_plan.skip_reason is not None:
-                calls.append(None)
-                tasks.append(None)
-                outcomes.append(
+                slots.append(
                     ShardOutcome(
                         shard.name,
                         OutcomeStatus.SKIPPED,
                         0.0,
                         docs=shard.doc_count,
                         reason=shard_plan.skip_reason,
+                        attempts=0,
                     )
                 )
                 continue
             call = ShardCall(
                 shard,
                 shard_plan,
-                plan.query,
+                query,
                 deadline,
                 clock,
-                feedback=self.feedback,
-                lingering=self._lingering,
+                feedback=feedback,
+                lingering=lingering,
+                started_at_s=dispatched_at_s,
             )
-            calls.append(call)
-            outcomes.append(None)
-            tasks.append(loop.create_task(drive_shard(call, self._limits[shard.name])))
+            task = loop.create_task(drive_shard(call, limits[shard.name]))
+            slots.append((call, task))
+            live.append(task)
 
-        live = [t for t in tasks if t is not None]
         fan_in = _FanIn(loop, len(live), deadline, plan.good_enough, self.cluster.doc_count)
+        on_done = fan_in.on_done
         for task in live:
-            task.add_done_callback(fan_in.on_done)
+            task.add_done_callback(on_done)
         try:
             if live and not fan_in.gate.done():
                 remaining_s = deadline.remaining_s(clock.now_s())
@@ -258,24 +264,27 @@ class Coordinator:
                 await self._reap(stragglers)
 
         now = clock.now_s()
+        cut_by_grace = fan_in.cut_by_grace
+        final: list[ShardOutcome] = []
         hit_lists = []
-        for i, maybe_task in enumerate(tasks):
-            maybe_call = calls[i]
-            if maybe_task is None or maybe_call is None:
+        for slot in slots:
+            if type(slot) is ShardOutcome:
+                final.append(slot)
                 continue
-            if maybe_task.done() and not maybe_task.cancelled() and maybe_task.exception() is None:
-                result = maybe_task.result()
-                outcomes[i] = result.outcome
+            call, task = slot  # type: ignore[misc]
+            # drive_shard turns every failure into a result, so a task that finished without
+            # being cancelled has one.
+            if task.done() and not task.cancelled():
+                result = task.result()
+                final.append(result.outcome)
                 hit_lists.append(result.hits)
             else:
-                outcomes[i] = maybe_call.given_up(now, cut_by_grace=fan_in.cut_by_grace)
-        final = [o for o in outcomes if o is not None]
+                final.append(call.given_up(now, cut_by_grace=cut_by_grace))
         completeness = account(final, [by_name[o.shard].doc_count for o in final])
         if completeness.shards_ok == 0:
             raise NoShardAnswered(_describe_failure(final), final)
-        hits = merge_top_k(hit_lists, plan.query.k)
         return SearchResponse(
-            hits=tuple(hits),
+            hits=tuple(merge_top_k(hit_lists, query.k)),
             completeness=completeness,
             shards=tuple(final),
             took_ms=deadline.elapsed_ms(now),

@@ -8,7 +8,8 @@ timeout from that one instant, so no stage can extend it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import msgspec
 
 from aggregator.errors import InvalidQuery
 
@@ -32,8 +33,7 @@ def validate_budget_ms(budget_ms: float | None, *, name: str = "deadline_ms") ->
     return float(budget_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
+class Deadline(msgspec.Struct, frozen=True):
     """An absolute instant on a clock, in seconds; ``math.inf`` means no limit.
 
     ``started_at_s`` is when the budget started counting, so the budget and the time already

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "InvalidHit",
     "InvalidQuery",
+    "InvalidReply",
     "InvalidSpec",
     "NoShardAnswered",
     "Overloaded",
@@ -72,6 +73,10 @@ class ShardMalformedReply(ShardError):
 
 class InvalidHit(ShardMalformedReply, ValueError):
     """A hit with an empty id or a score that is not a finite number."""
+
+
+class InvalidReply(ShardMalformedReply, ValueError):
+    """A shard reply with a bad document count or hits that are not a tuple of hits."""
 
 
 # -- the query as a whole failed --------------------------------------------------------------

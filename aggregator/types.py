@@ -14,7 +14,7 @@ from enum import StrEnum
 import msgspec
 
 from aggregator.deadline import validate_budget_ms
-from aggregator.errors import InvalidHit, InvalidQuery
+from aggregator.errors import InvalidHit, InvalidQuery, InvalidReply
 
 __all__ = [
     "MAX_K",
@@ -90,12 +90,34 @@ class Hit(msgspec.Struct, frozen=True):
 
 
 class ShardReply(msgspec.Struct, frozen=True):
-    """What one shard returned: its hits (best first), its document count and its own time."""
+    """What one shard returned: its hits (best first), its document count and its own time.
+
+    Raises :class:`InvalidReply` for a negative or non-integer document count, or hits that
+    are not a tuple of :class:`Hit`.
+    """
 
     shard: str
     docs: int
     hits: tuple[Hit, ...]
     took_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        docs = self.docs
+        if type(docs) is not int and (isinstance(docs, bool) or not isinstance(docs, int)):
+            raise InvalidReply(f"document count must be a non-negative integer, got {docs!r}")
+        if docs < 0:
+            raise InvalidReply(f"document count must be a non-negative integer, got {docs!r}")
+        hits = self.hits
+        if type(hits) is not tuple:
+            raise InvalidReply(f"hits must be a tuple, got {type(hits).__name__}")
+        # map/set loop in C: this runs for every reply a shard builds.
+        if hits and set(map(type, hits)) != _HIT_TYPE:
+            for hit in hits:
+                if not isinstance(hit, Hit):
+                    raise InvalidReply(f"hit must be a Hit, got {type(hit).__name__}")
+
+
+_HIT_TYPE = {Hit}
 
 
 class OutcomeStatus(StrEnum):

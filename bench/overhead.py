@@ -38,18 +38,22 @@ _K = 10
 
 
 class _InstantShard:
-    """Answers at once with a fixed top-k: the cheapest backend there can be."""
+    """Answers at once with a fixed top-k: about the cheapest backend there can be.
 
-    __slots__ = ("_reply", "doc_count", "name")
+    It builds a reply per call, as every real backend does, from hits made once.
+    """
+
+    __slots__ = ("_hits", "doc_count", "name")
 
     def __init__(self, index: int) -> None:
         self.name = f"shard-{index:02d}"
         self.doc_count = 1000
-        hits = tuple(Hit(f"{self.name}-{j}", 1.0 / (1 + index + j), self.name) for j in range(_K))
-        self._reply = ShardReply(self.name, self.doc_count, hits)
+        self._hits = tuple(
+            Hit(f"{self.name}-{j}", 1.0 / (1 + index + j), self.name) for j in range(_K)
+        )
 
     async def search(self, query: Query, deadline: Deadline) -> ShardReply:
-        return self._reply
+        return ShardReply(self.name, self.doc_count, self._hits)
 
 
 async def _skeleton(shards: list[_InstantShard], query: Query, timeout_s: float) -> list[Hit]:
