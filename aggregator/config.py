@@ -140,7 +140,9 @@ class LimitsConfig:
     outcome). ``max_body_bytes``: largest ``POST /search`` body.
     ``max_line_bytes`` / ``max_field_bytes`` / ``max_headers``: the HTTP request line, one
     header, and the header count. ``shutdown_grace_ms``: how long in-flight queries may run on
-    after a shutdown signal.
+    after a shutdown signal. ``idle_timeout_ms``: how long a client connection may go without
+    sending a complete request (idle keep-alive, or a request head that never ends) before it
+    is closed, so stalled clients cannot pile up connections.
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -154,6 +156,7 @@ class LimitsConfig:
     max_field_bytes: int = 8190
     max_headers: int = 100
     shutdown_grace_ms: float = 5000.0
+    idle_timeout_ms: float = 60_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +469,8 @@ class _Reader:
             return self.integer(path, value, low=low, high=high)
         if key == "min_budget_ms":
             return self.number(path, value, low=0.0, high=MAX_BUDGET_MS)
+        if key == "idle_timeout_ms":  # 0 would mean "never": not allowed
+            return self.number(path, value, low=0.0, high=600_000.0, low_open=True)
         return self.number(path, value, low=0.0, high=600_000.0)  # shutdown_grace_ms
 
     def server_value(self, path: str, key: str, value: Any) -> Any:

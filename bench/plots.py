@@ -7,8 +7,8 @@
   of the answers for each strategy at each deadline it ran with.
 - ``timeline.png``: latency over time: p99 (solid) and max (dotted) per half-second window of
   intended send time, so a stall or a degradation shows where it happened.
-- ``load.png`` (rate sweeps only): p99 and achieved rate against offered rate, to find the knee.
-- ``width.png`` (fan-out sweeps only): p99 against the number of shards.
+- ``load.png`` (rate sweeps only): p50 and p99 against offered rate, to find the knee.
+- ``width.png`` (fan-out sweeps only): p50 and p99 against the number of shards.
 
 Figures are small (about 7 x 4 inches at 80 dpi) so they can be committed.
 """
@@ -229,10 +229,11 @@ def _timeline(results: Mapping[str, Any], path: Path) -> str | None:
 def _sweep(results: Mapping[str, Any], path: Path, axis: str) -> str | None:
     cells = results["cells"]
     key = "offered_rate_per_s" if axis == "rate_per_s" else "shards"
-    if len({c[key] for c in cells}) < 2:
+    values = sorted({c[key] for c in cells})
+    if len(values) < 2:
         return None
-    title = "p99 against offered load" if axis == "rate_per_s" else "p99 against fan-out width"
-    fig, ax = _figure(f"{results['scenario']['name']}: {title}")
+    what = "offered load" if axis == "rate_per_s" else "fan-out width"
+    fig, ax = _figure(f"{results['scenario']['name']}: p99 (solid) and p50 (dashed) by {what}")
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for cell in cells:
         s = cell["strategy"]
@@ -245,31 +246,18 @@ def _sweep(results: Mapping[str, Any], path: Path, axis: str) -> str | None:
     for label, group in list(groups.items())[:MAX_LINES]:
         group = sorted(group, key=lambda c: c[key])
         xs = [c[key] for c in group]
-        ys = [c["latency_ms"]["p99_ms"] or math.nan for c in group]
-        ax.plot(xs, ys, marker="o", label=label)
+        p99 = [c["latency_ms"]["p99_ms"] or math.nan for c in group]
+        p50 = [c["latency_ms"]["p50_ms"] or math.nan for c in group]
+        (line,) = ax.plot(xs, p99, marker="o", label=label)
+        ax.plot(xs, p50, marker=".", ls="--", color=line.get_color())
     _log_y(ax)
+    if values[-1] / max(values[0], 1e-9) >= 10:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_xlabel("offered rate (queries/s)" if axis == "rate_per_s" else "shards (fan-out)")
-    ax.set_ylabel("p99 latency (ms)")
-    if axis == "rate_per_s":
-        rates = sorted({c["offered_rate_per_s"] for c in cells})
-        twin = ax.twinx()
-        by_rate: dict[float, float] = {}
-        for c in cells:
-            achieved = c["achieved_rate_per_s"] or 0.0
-            by_rate[c["offered_rate_per_s"]] = max(
-                by_rate.get(c["offered_rate_per_s"], 0.0), achieved
-            )
-        twin.plot(
-            rates,
-            [by_rate[r] for r in rates],
-            color="black",
-            ls="--",
-            lw=1,
-            label="achieved rate (best strategy)",
-        )
-        twin.plot(rates, rates, color="grey", ls=":", lw=1, label="offered = achieved")
-        twin.set_ylabel("achieved rate (queries/s)")
-        twin.legend(fontsize=7, loc="lower right")
+    ax.set_ylabel("latency (ms)")
     _legend(ax, fontsize=7, loc="upper left")
     return _save(fig, path)
 

@@ -37,6 +37,7 @@ The run, about 60 s by default:
    shards are a bounded pool (``max_connections_per_shard`` x shards), not a leak, so they are
    counted apart (``pooled_shard_connections``) and left out of ``leaked_fds``.
    ``rss_growth_mb`` is the change in resident memory (target: < 64 MB).
+   ``cpu_cores_during_overload`` says how busy each process was (from ``/proc/PID/stat``).
 
 Latencies are measured from the client side, from each request's intended send time, so
 time spent waiting in the server's accept queue, or behind the generator's own lag, counts.
@@ -285,10 +286,12 @@ async def soak(settings: SoakSettings, *, progress: bool = False) -> dict[str, A
             )
             recovery_target = HttpSearchTarget(recovery_session, server.url, TEXTS, params)
             loop = asyncio.get_running_loop()
+            cpu_before = _cpu_s(server.pid, shards.proc.pid)
             overload_start_s = time.perf_counter()
             overload_task = loop.create_task(run_load(overload_target, overload_spec))
             try:
                 peak = await _sample_peak(server, overload_start_s + settings.overload_s)
+                cpu_after = _cpu_s(server.pid, shards.proc.pid)
                 # The overload's last request is due now: normal load starts at once.
                 overload_end_s = overload_start_s + overload_spec.duration_s
                 recovery_start_s = time.perf_counter()
@@ -315,6 +318,12 @@ async def soak(settings: SoakSettings, *, progress: bool = False) -> dict[str, A
         after=after,
         peak=peak,
     )
+    window_s = max(1e-9, settings.overload_s)
+    # Cores each process kept busy during the overload (1.0 = one core; the machine has 2).
+    result["cpu_cores_during_overload"] = {
+        name: round((cpu_after[i] - cpu_before[i]) / window_s, 2)
+        for i, name in enumerate(("aggregator", "shards", "load_generator"))
+    }
     result["shed_by_reason"] = shed_by_reason
     result["elapsed_s"] = round(time.perf_counter() - started_s, 1)
     return result
@@ -543,6 +552,19 @@ def recovery_time_s(result: LoadResult, deadline_ms: float) -> float | None:
         if all(window_good[start : start + GOOD_WINDOWS]):
             return start * WINDOW_S
     return None
+
+
+def _cpu_s(server_pid: int, shards_pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system) used so far by the aggregator, the shards and this process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    own = os.times()
+    return of(server_pid), of(shards_pid), own.user + own.system
 
 
 def _round(value: float) -> float | None:
@@ -864,6 +886,8 @@ async def _serve(spec: dict[str, Any]) -> None:
             max_line_size=limits.max_line_bytes,
             max_field_size=limits.max_field_bytes,
             max_headers=limits.max_headers,
+            lingering_time=1.0,
+            keepalive_timeout=limits.idle_timeout_ms / 1000.0,
         )
         await runner.setup()
         try:

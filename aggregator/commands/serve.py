@@ -283,6 +283,9 @@ async def _run_service(
             # After answering a request whose body never finished (408, 413), read the rest
             # for at most this long before closing (aiohttp's default is 10 s).
             lingering_time=1.0,
+            # Also armed when a connection opens: one that never completes a request head is
+            # closed too (aiohttp's default is an hour; it has no separate header timeout).
+            keepalive_timeout=limits.idle_timeout_ms / 1000.0,
         )
         await runner.setup()
         try:

@@ -37,6 +37,7 @@ from aggregator import Coordinator
 from aggregator.client import HttpShard, ShardClient
 from aggregator.commands import serve as serve_command
 from aggregator.config import LimitsConfig, ServerConfig, parse_config
+from aggregator.errors import ConfigError
 from aggregator.service import ServiceSettings, create_app
 from shards.commands import serve as shards_serve_command
 from shards.local_cluster import LocalShardCluster
@@ -428,7 +429,7 @@ async def test_shard_redirect_is_not_followed(aiohttp_client: ClientFactory) -> 
 
 @pytest.fixture
 async def served_here() -> AsyncIterator[int]:
-    """The service on a runner built like the serve command's; yields its port."""
+    """The service on a runner built like the serve command's (same limits); yields its port."""
     shards = simulated_cluster(2, "constant:1ms", seed=5)
     app = create_app(Coordinator(shards))
     runner = web.AppRunner(
@@ -439,6 +440,8 @@ async def served_here() -> AsyncIterator[int]:
         max_line_size=LIMITS.max_line_bytes,
         max_field_size=LIMITS.max_field_bytes,
         max_headers=LIMITS.max_headers,
+        lingering_time=1.0,
+        keepalive_timeout=LIMITS.idle_timeout_ms / 1000.0,
     )
     await runner.setup()
     try:
@@ -512,7 +515,16 @@ async def test_stalled_body_is_answered_within_the_deadline(served_here: int) ->
     ids=["nothing sent", "headers never finished"],
 )
 async def test_stalled_request_head_is_dropped(served_here: int, request_bytes: bytes) -> None:
-    """A connection that never completes a request is closed within a minute (no slowloris)."""
+    """A connection that never completes a request is closed after the idle timeout."""
     waited_s, answer = await _wait_for_answer(served_here, request_bytes, 600.0)
     assert answer != b"<no answer>", "the connection was still open after 600 s"
-    assert waited_s <= 60.0
+    assert waited_s <= LIMITS.idle_timeout_ms / 1000.0 + 1.0
+
+
+def test_idle_timeout_is_bounded_and_configurable() -> None:
+    """The idle timeout defaults to a minute, is read from [limits], and can never be off."""
+    assert 0 < LimitsConfig().idle_timeout_ms <= 120_000
+    base = '[[shards]]\nname = "a"\nurl = "http://127.0.0.1:9"\n[limits]\n'
+    assert parse_config(base + "idle_timeout_ms = 5000").limits.idle_timeout_ms == 5000.0
+    with pytest.raises(ConfigError, match="idle_timeout_ms"):
+        parse_config(base + "idle_timeout_ms = 0")
