@@ -1,28 +1,39 @@
 """Circuit breakers: stop sending requests to a replica that keeps failing, probe it later.
 
-One :class:`CircuitBreaker` per replica. Closed, it counts failures (errors, rejections and
-timeouts) in a sliding window; ``failure_threshold`` of them within ``window_s`` open it. Open,
-it admits nothing for a cool-down; after that it is half-open and admits one probe request. A
-probe that succeeds closes it; one that fails opens it again with the cool-down multiplied by
-``backoff_factor`` (capped at ``max_cool_down_s``), so a replica that stays down costs one
-probe per cool-down, not a stream of failed queries.
+One :class:`CircuitBreaker` per replica. Closed, it counts requests and failures (errors,
+rejections and timeouts) over a sliding window of ``window_s``; it opens when the window
+holds at least ``failure_threshold`` failures *and* they are at least ``failure_rate`` of
+the requests. Open, it admits nothing for a cool-down; after that it is half-open and admits
+one probe request. A probe that succeeds closes it; one that fails opens it again with the
+cool-down multiplied by ``backoff_factor`` (capped at ``max_cool_down_s``), so a replica that
+stays down costs one probe per cool-down, not a stream of failed queries.
 
-Compared with SearXNG's engine suspension (one error suspends, no probe) the threshold keeps a
-single blip from removing a replica, and the probe brings it back without a restart.
+Why a rate and not a bare count: a healthy replica serving many requests with a heavy tail
+times out now and then (1% of requests past a tight deadline is 5 timeouts in 10 s at 50
+requests/s), and a count threshold would open its breaker every few seconds; with both
+copies of a shard open, the shard would be skipped although nothing is wrong with it. A
+dead replica fails every request, so it still trips after ``failure_threshold`` requests.
+This is the rule of Hystrix and resilience4j (error percentage over a minimum volume).
+Compared with SearXNG's engine suspension (one error suspends, no probe) it keeps a blip
+from removing a replica, and the probe brings it back without a restart.
 
-Pure: the breaker reads the injected clock and does no I/O.
+Pure: the breaker reads the injected clock and does no I/O; its memory is a fixed ring of
+time buckets, whatever the request rate.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
 from aggregator.clock import Clock
 
 __all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker"]
+
+
+#: Buckets the sliding window is split into (its time resolution is window_s / _BUCKETS).
+_BUCKETS = 10
 
 
 class BreakerState(StrEnum):
@@ -45,10 +56,13 @@ class BreakerConfig:
     cool_down_s: float = 1.0
     max_cool_down_s: float = 30.0
     backoff_factor: float = 2.0
+    failure_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if isinstance(self.failure_threshold, bool) or self.failure_threshold < 1:
             raise ValueError(f"failure_threshold must be >= 1, got {self.failure_threshold!r}")
+        if not 0 < self.failure_rate <= 1:
+            raise ValueError(f"failure_rate must be in (0, 1], got {self.failure_rate!r}")
         if not 0 < self.window_s < math.inf:
             raise ValueError(f"window_s must be finite and > 0, got {self.window_s!r}")
         if not 0 < self.cool_down_s <= self.max_cool_down_s < math.inf:
@@ -61,9 +75,9 @@ class CircuitBreaker:
     """The breaker of one replica (see the module docstring for the rules)."""
 
     __slots__ = (
+        "_buckets",
         "_clock",
         "_cool_down_s",
-        "_failures",
         "_open_until_s",
         "_probe_in_flight",
         "_state",
@@ -75,7 +89,8 @@ class CircuitBreaker:
         self._clock = clock
         self.config = config or BreakerConfig()
         self._state = BreakerState.CLOSED
-        self._failures: deque[float] = deque()
+        # The window as a ring of buckets: [bucket number, requests, failures] each.
+        self._buckets: list[list[float]] = [[-1.0, 0.0, 0.0] for _ in range(_BUCKETS)]
         self._open_until_s = -math.inf
         self._cool_down_s = self.config.cool_down_s
         self._probe_in_flight = False
@@ -112,14 +127,16 @@ class CircuitBreaker:
     def record_success(self) -> None:
         """A request succeeded: a probing breaker closes (and its cool-down resets).
 
-        Closed, a success changes nothing: failures count within the window regardless, so
-        a replica failing one request in three still trips. Open, a success from a request
-        sent before it opened is ignored.
+        Closed, it counts as a request in the window. Open, a success from a request sent
+        before it opened is ignored.
         """
+        if self._state is BreakerState.CLOSED:
+            self._count(self._clock.now_s(), failed=False)
+            return
         if self._state is not BreakerState.HALF_OPEN:
             return
         self._state = BreakerState.CLOSED
-        self._failures.clear()
+        self._clear()
         self._cool_down_s = self.config.cool_down_s
         self._probe_in_flight = False
 
@@ -133,12 +150,11 @@ class CircuitBreaker:
             return
         if self._state is BreakerState.OPEN:
             return  # a request sent before it opened; it is already open
-        failures = self._failures
-        failures.append(now_s)
-        horizon_s = now_s - self.config.window_s
-        while failures and failures[0] <= horizon_s:
-            failures.popleft()
-        if len(failures) >= self.config.failure_threshold:
+        requests, failures = self._count(now_s, failed=True)
+        if (
+            failures >= self.config.failure_threshold
+            and failures >= self.config.failure_rate * requests
+        ):
             self._open(now_s, self.config.cool_down_s)
 
     def record_abandoned(self) -> None:
@@ -150,9 +166,34 @@ class CircuitBreaker:
         self._state = BreakerState.OPEN
         self._cool_down_s = cool_down_s
         self._open_until_s = now_s + cool_down_s
-        self._failures.clear()
+        self._clear()
         self._probe_in_flight = False
         self.opened += 1
+
+    def _count(self, now_s: float, *, failed: bool) -> tuple[float, float]:
+        """Add one request to the window; return (requests, failures) in the window."""
+        width_s = self.config.window_s / _BUCKETS
+        number = math.floor(now_s / width_s)
+        bucket = self._buckets[number % _BUCKETS]
+        if bucket[0] != number:  # a bucket last used a whole window ago: reuse it
+            bucket[0], bucket[1], bucket[2] = number, 0.0, 0.0
+        bucket[1] += 1
+        if failed:
+            bucket[2] += 1
+        return self._totals(number)
+
+    def _totals(self, number: int) -> tuple[float, float]:
+        oldest = number - _BUCKETS + 1
+        requests = failures = 0.0
+        for start, n, f in self._buckets:
+            if start >= oldest:
+                requests += n
+                failures += f
+        return requests, failures
+
+    def _clear(self) -> None:
+        for bucket in self._buckets:
+            bucket[0], bucket[1], bucket[2] = -1.0, 0.0, 0.0
 
     def snapshot(self) -> dict[str, object]:
         """State, failures in the window, cool-down and open count, as plain values."""
@@ -160,7 +201,9 @@ class CircuitBreaker:
         state = self.state
         return {
             "state": state.value,
-            "recent_failures": len(self._failures),
+            "recent_failures": int(
+                self._totals(math.floor(now_s / (self.config.window_s / _BUCKETS)))[1]
+            ),
             "cool_down_s": self._cool_down_s,
             "open_for_s": max(0.0, self._open_until_s - now_s)
             if state is BreakerState.OPEN

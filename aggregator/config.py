@@ -93,7 +93,14 @@ TAIL_KEYS = frozenset(
     }
 )
 BREAKER_KEYS = frozenset(
-    {"failure_threshold", "window_ms", "cool_down_ms", "max_cool_down_ms", "backoff_factor"}
+    {
+        "failure_threshold",
+        "failure_rate",
+        "window_ms",
+        "cool_down_ms",
+        "max_cool_down_ms",
+        "backoff_factor",
+    }
 )
 RETRY_KEYS = frozenset({"enabled", "base_backoff_ms", "max_backoff_ms"})
 #: Longest time a ``[tail]`` duration may name, in ms (an hour).
@@ -415,6 +422,8 @@ class _Reader:
                 kwargs[key] = self.integer(path, value, low=1, high=1_000_000)
             elif key == "backoff_factor":
                 kwargs[key] = self.number(path, value, low=1.0, high=1000.0)
+            elif key == "failure_rate":
+                kwargs[key] = self.number(path, value, low=0.01, high=1.0)
             else:  # window_ms, cool_down_ms, max_cool_down_ms
                 kwargs[key.removesuffix("_ms") + "_s"] = self.duration_ms(path, value, zero=False)
         cool_down_s = kwargs.get("cool_down_s", BreakerConfig().cool_down_s)

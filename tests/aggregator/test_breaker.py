@@ -148,3 +148,46 @@ def test_invalid_config_is_rejected(kwargs: dict[str, float]) -> None:
     """Thresholds out of range raise ValueError when the config is built."""
     with pytest.raises(ValueError, match=r"\w"):
         BreakerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_occasional_failures_among_many_successes_do_not_open() -> None:
+    """A healthy replica timing out on 2% of a busy stream keeps its breaker closed."""
+    breaker, clock = _breaker(failure_threshold=3, window_s=10.0)
+    for i in range(1000):
+        clock.advance(0.01)
+        if i % 50 == 0:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.opened == 0
+
+
+def test_a_dead_replica_trips_after_the_threshold_even_after_successes() -> None:
+    """Once failures dominate the window (a replica died), the breaker opens."""
+    breaker, clock = _breaker(failure_threshold=3, window_s=1.0)
+    for _ in range(5):
+        clock.advance(0.01)
+        breaker.record_success()
+    for _ in range(5):
+        clock.advance(0.01)
+        breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_old_successes_leave_the_window() -> None:
+    """Successes older than the window no longer dilute the failure rate."""
+    breaker, clock = _breaker(failure_threshold=3, window_s=1.0)
+    for _ in range(100):
+        breaker.record_success()
+    clock.advance(2.0)
+    for _ in range(3):
+        clock.advance(0.01)
+        breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_failure_rate_is_validated() -> None:
+    """A failure rate outside (0, 1] is rejected."""
+    with pytest.raises(ValueError, match="failure_rate"):
+        BreakerConfig(failure_rate=0.0)
