@@ -44,20 +44,21 @@ __all__ = [
 
 #: Queries one aggregator process runs at once.
 #:
-#: Why 32: the aggregator's own work per query (parse the request, eight shard round trips,
-#: decode eight replies, merge, encode) is CPU on one event loop, about 1 ms on this project's
-#: 2-core machine, while the query's life is mostly spent waiting on shards (a few ms to tens
-#: of ms). Little's law sizes the limit: at ~1000 queries/s per process and 20-30 ms in flight
-#: each, about 20-30 queries are in flight at saturation, so 32 never caps a healthy process.
-#: Far above that, admitted queries would only queue for the CPU inside the loop, where no
-#: deadline can shed them and every query gets slower; at 32, the worst CPU queueing an
-#: admitted query sees is ~32 ms, inside the default budget. It also stays below the
-#: coordinator's per-shard bound (64), so admitted queries never wait on a shard slot.
-DEFAULT_MAX_IN_FLIGHT = 32
-#: Queries allowed to wait for a slot. Twice the in-flight limit: a burst of up to 2x the
-#: capacity is absorbed (each waiter waits about two query lifetimes at most, well inside the
-#: default one-second budget), anything beyond is shed at once rather than left to time out.
-DEFAULT_MAX_WAITING = 64
+#: Why 8: the aggregator's own work per query (parse the request, eight shard round trips over
+#: HTTP, decode eight replies, merge, encode) is CPU on one event loop, measured at 4-6 ms on
+#: this project's 2-core machine (``python -m bench soak``), while a query spends ~15-20 ms in
+#: flight. Little's law sizes the limit: at the ~150-250 queries/s one process sustains, about
+#: 4 queries are in flight at saturation, so 8 never caps a healthy process. Far above that,
+#: admitted queries only queue for the CPU inside the loop, where no deadline can shed them:
+#: with 32 in flight, the soak at 5x capacity saw admitted queries reach their shards with the
+#: budget already spent and goodput collapse to ~5 answers/s; with 8 it kept ~230/s. It also
+#: stays far below the coordinator's per-shard bound (64), so admitted queries never wait on a
+#: shard slot.
+DEFAULT_MAX_IN_FLIGHT = 8
+#: Queries allowed to wait for a slot: as many as run. A burst of up to 2x the capacity is
+#: absorbed, each waiter waiting about one query lifetime; anything beyond is shed at once
+#: (503 + Retry-After, in microseconds) rather than left to time out in a queue.
+DEFAULT_MAX_WAITING = 8
 #: Budget a waiting query must still have when it would start, in milliseconds (at most half
 #: its own budget); with less, starting it is wasted work (every shard call would be cut
 #: before it could answer), so it is shed. A query that finds a free slot is never shed.

@@ -493,6 +493,14 @@ async def test_broken_http_is_refused_with_a_4xx(client: Client, request_bytes: 
     assert TRACEBACK_MARKERS[0] not in body.decode("latin-1")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known gap (issue 7): aiohttp's HTTP parser answers requests it cannot parse with a "
+        "plain-text 400 before the application runs, and the only way to change that body is "
+        "to override a private method of its protocol handler"
+    ),
+)
 @pytest.mark.parametrize("request_bytes", BROKEN_HTTP.values(), ids=BROKEN_HTTP.keys())
 async def test_broken_http_is_answered_with_the_json_error_shape(
     client: Client, request_bytes: bytes
