@@ -50,6 +50,7 @@ from typing import Any
 from aiohttp import web
 
 from aggregator._cli import LOOP_CHOICES, run_loop
+from aggregator._runtime import freeze_startup_heap
 from aggregator.admission import Admission, AdmissionLimits
 from aggregator.backend import ShardBackend
 from aggregator.client import (
@@ -291,6 +292,8 @@ async def _run_service(
         try:
             site = web.TCPSite(runner, plan.host, plan.port, reuse_port=reuse_port or None)
             await site.start()
+            # Start-up is done: keep full collections from walking the long-lived heap.
+            freeze_startup_heap()
             on_ready(int(runner.addresses[0][1]))
             await stop.wait()
             logger.info(

@@ -492,3 +492,29 @@ def test_settings_reject_nonsense() -> None:
 def test_coordinator_limits_are_independent_of_admission() -> None:
     """The coordinator's per-shard bound stays its own setting (admission adds its own)."""
     assert CoordinatorConfig().max_inflight_per_shard >= AdmissionLimits().max_in_flight
+
+
+async def test_fan_in_keeps_a_reserve_for_sending_the_answer(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Shards get the budget minus the reply reserve; the response reports the client's budget."""
+    seen: list[float] = []
+
+    class Recording:
+        name = "r"
+        doc_count = 1
+
+        async def search(self, query: Query, deadline: Deadline) -> ShardReply:
+            seen.append(deadline.budget_ms or 0.0)
+            return ShardReply("r", 1, (Hit("d", 1.0, "r"),))
+
+    app = create_app(Coordinator([Recording()]), settings=ServiceSettings(reply_reserve_ms=2.0))
+    client = await aiohttp_client(app)
+    resp = await client.get("/search", params={"q": "x", "deadline_ms": "100"})
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["deadline_ms"] == 100.0
+    assert seen == [pytest.approx(98.0)]
+    resp = await client.get("/search", params={"q": "x", "deadline_ms": "10"})
+    assert resp.status == 200
+    assert seen[1] == pytest.approx(9.0)  # the reserve is at most 10% of the budget
