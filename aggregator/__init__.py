@@ -1,12 +1,19 @@
 """Fan-out/fan-in search aggregator: the coordinator and everything a query passes through.
 
 Layering (each layer imports only those above it):
-  errors, clock, deadline      vocabulary, time, budgets
-  types, backend, cluster      values and the shard protocol
-  merge, completeness, plan    pure core: ranking, accounting, describing work
-  dispatch, coordinator        driving a plan against one deadline
-  wire, cli                    edges: JSON shape, command line
-``aggregator`` never imports ``shards`` except in the CLI, which wires a local cluster.
+  errors, clock, deadline           vocabulary, time, budgets
+  types, backend, cluster           values and the shard protocol
+  merge, completeness, plan         pure core: ranking, accounting, describing work
+  limit, feedback                   per-shard bounds; the run-time policy interface
+  breaker, hedging, retry,          pure tail-tolerance policies (injected clock)
+  replica_selection, tail           ... and the planner that combines them
+  dispatch, coordinator             driving a plan against one deadline
+  admission, metrics, config        pure admission control; Prometheus; TOML cluster config
+  client, service, wire             edges: the shard HTTP client, the HTTP API, the JSON shape
+  commands/, local_cluster, _cli    command lines; the built-in local cluster
+``aggregator`` never imports ``shards`` except in ``local_cluster`` and ``commands/``, which
+wire a local cluster together. This module re-exports the core only, so ``import aggregator``
+does not load the HTTP stack.
 """
 
 from aggregator.backend import ShardBackend

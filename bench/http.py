@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import heapq
 import math
-import multiprocessing
 import os
 import platform
 import sys
@@ -48,7 +47,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext
 from typing import Any
 
 import aiohttp
@@ -64,6 +62,7 @@ from bench.loadgen import (
     classify_http,
     run_load,
 )
+from bench.processes import ChildProcesses
 
 __all__ = ["add_arguments", "run"]
 
@@ -78,7 +77,6 @@ SLOW_DEADLINE_MS = 100.0
 SLOW_SHARD_SPEC = "constant:1s"
 #: Query texts, used in turn (the simulated shards memoise their answers per text).
 TEXTS = tuple(f"query {i}" for i in range(64))
-_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,39 +195,17 @@ class _Servers:
     """The two server processes of one measurement; closing stops both."""
 
     def __init__(self, config: BenchConfig, *, slow: bool) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._processes: list[Any] = []
-        self._conns: list[Connection] = []
-        shard_conn = self._start(context, _shard_process, (config, slow))
-        shards = _receive(shard_conn, self._processes[-1])
-        front_conn = self._start(context, _front_process, (config, shards))
-        self.aggregator_url, self.naive_url = _receive(front_conn, self._processes[-1])
-
-    def _start(
-        self, context: SpawnContext, target: Callable[..., None], args: tuple[Any, ...]
-    ) -> Connection:
-        mine, theirs = context.Pipe()
-        process = context.Process(target=target, args=(*args, theirs), daemon=True)
-        process.start()
-        theirs.close()
-        self._processes.append(process)
-        self._conns.append(mine)
-        return mine
+        self._children = ChildProcesses()
+        try:
+            _, shards = self._children.start(_shard_process, config, slow)
+            _, urls = self._children.start(_front_process, config, shards)
+        except BaseException:
+            self._children.close()
+            raise
+        self.aggregator_url, self.naive_url = urls
 
     def close(self) -> None:
-        for conn in reversed(self._conns):
-            conn.close()  # the child sees EOF and shuts down
-        for process in reversed(self._processes):
-            process.join(10.0)
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
-
-
-def _receive(conn: Connection, process: Any) -> Any:
-    if not conn.poll(_START_TIMEOUT_S) or not process.is_alive():
-        raise RuntimeError("a benchmark server process failed to start")
-    return conn.recv()
+        self._children.close()
 
 
 # -- load ----------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import platform
 import sys
@@ -55,6 +54,7 @@ from aggregator.tail import TailConfig
 from aggregator.wire import dump_json
 from bench.histogram import LatencyHistogram
 from bench.loadgen import HttpSearchTarget, LoadResult, LoadSpec, RequestStatus, run_load
+from bench.processes import ChildProcesses
 
 __all__ = ["BenchConfig", "add_arguments", "phase_summaries", "run"]
 
@@ -72,7 +72,6 @@ KILLED_REPLICA = (3, 1)
 SLOW_QUERY_MS = 400.0
 #: Query texts, used in turn.
 TEXTS = tuple(f"query {i}" for i in range(64))
-_START_TIMEOUT_S = 60.0
 _POLL_S = 0.02
 
 
@@ -204,36 +203,6 @@ def _recv(conn: Connection) -> Any:
         return None
 
 
-class _Processes:
-    """Child processes of one measurement; closing ends them all."""
-
-    def __init__(self) -> None:
-        self._context = multiprocessing.get_context("spawn")
-        self._processes: list[Any] = []
-        self._conns: list[Connection] = []
-
-    def start(self, target: Callable[..., None], *args: Any) -> tuple[Connection, Any]:
-        """Start ``target(*args, conn)``; return our end and its first message."""
-        mine, theirs = self._context.Pipe()
-        process = self._context.Process(target=target, args=(*args, theirs), daemon=True)
-        process.start()
-        theirs.close()
-        self._processes.append(process)
-        self._conns.append(mine)
-        if not mine.poll(_START_TIMEOUT_S) or not process.is_alive():
-            raise RuntimeError("a benchmark server process failed to start")
-        return mine, mine.recv()
-
-    def close(self) -> None:
-        for conn in reversed(self._conns):
-            conn.close()  # the child sees EOF and shuts down
-        for process in reversed(self._processes):
-            process.join(10.0)
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
-
-
 # -- load ----------------------------------------------------------------------------------------
 
 
@@ -294,7 +263,7 @@ class _Tally:
 
 async def _slow_replica(config: BenchConfig, progress: Callable[[str], None]) -> dict[str, Any]:
     settings = config.settings()
-    processes = _Processes()
+    processes = ChildProcesses()
     load_before = os.getloadavg()
     try:
         _, endpoints = processes.start(_shard_process, config, True)
@@ -341,7 +310,7 @@ async def _slow_replica(config: BenchConfig, progress: Callable[[str], None]) ->
 
 
 async def _killed_replica(config: BenchConfig, progress: Callable[[str], None]) -> dict[str, Any]:
-    processes = _Processes()
+    processes = ChildProcesses()
     load_before = os.getloadavg()
     index = _index(*KILLED_REPLICA)
     shard, replica = KILLED_REPLICA
