@@ -15,6 +15,7 @@ COMMANDS = {
     "tail-sockets": ("bench.tail_sockets", "replicas, hedging and breakers over loopback"),
     "run": ("bench.run", "run a scenario file: open-loop load, strategies, reports, plots"),
     "soak": ("bench.soak", "overload soak: shedding, memory, leaks, recovery"),
+    "model": ("bench.model", "strategies as a vectorised model: 1,000 shards x 100,000 queries"),
 }
 
 

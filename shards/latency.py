@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from aggregator.errors import InvalidSpec
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "format_number",
     "parse_duration_s",
     "parse_latency",
+    "sample_array",
 ]
 
 #: Largest latency a model may be configured with (one hour); larger is a typo.
@@ -446,6 +450,43 @@ _SIMPLE: dict[str, tuple[Callable[..., LatencyModel], dict[str, _Param]]] = {
     "pareto": (Pareto, {"scale": ("duration", "scale_s"), "alpha": ("plain", "alpha")}),
 }
 MODEL_NAMES = (*_SIMPLE, "mixture", "empirical")
+
+
+def sample_array(
+    model: LatencyModel, rng: np.random.Generator, shape: int | tuple[int, ...]
+) -> npt.NDArray[np.float64]:
+    """Many independent latencies in seconds from ``model`` at once, as a numpy array.
+
+    The same distributions as :meth:`LatencyModel.sample_s` (truncation and caps included),
+    drawn from a numpy generator, for models that simulate millions of calls (``python -m
+    bench model``). Raises :class:`TypeError` for a model of a type it does not know.
+    """
+    if isinstance(model, Constant):
+        return np.full(shape, model.value_s)
+    if isinstance(model, Uniform):
+        return rng.uniform(model.min_s, model.max_s, shape)
+    if isinstance(model, Normal):
+        return np.maximum(rng.normal(model.mean_s, model.sd_s, shape), 0.0)
+    if isinstance(model, Exponential):
+        return rng.exponential(model.mean_s, shape)
+    if isinstance(model, LogNormal):
+        exponent = np.minimum(model.sigma * rng.standard_normal(shape), _MAX_EXPONENT)
+        return np.minimum(model.median_s * np.exp(exponent), MAX_LATENCY_S)
+    if isinstance(model, Pareto):
+        exponent = np.minimum(rng.standard_exponential(shape) / model.alpha, _MAX_EXPONENT)
+        return np.minimum(model.scale_s * np.exp(exponent), MAX_LATENCY_S)
+    if isinstance(model, Empirical):
+        return np.asarray(model.samples_s)[rng.integers(0, len(model.samples_s), shape)]
+    if isinstance(model, Mixture):
+        # Draw every component's sample, then pick one per cell by the weights.
+        weights = np.array([w for w, _ in model.components])
+        choice = rng.choice(len(weights), size=shape, p=weights / weights.sum())
+        out = np.empty(shape)
+        for index, (_, component) in enumerate(model.components):
+            mask = choice == index
+            out[mask] = sample_array(component, rng, int(mask.sum()))
+        return out
+    raise TypeError(f"no vectorised sampler for {type(model).__name__}")
 
 
 def parse_latency(text: str) -> LatencyModel:
