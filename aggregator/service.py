@@ -47,6 +47,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator.admission import Admission
+from aggregator.config import LimitsConfig
 from aggregator.coordinator import Coordinator
 from aggregator.deadline import MAX_BUDGET_MS, Deadline, validate_budget_ms
 from aggregator.errors import AggregatorError, InvalidQuery, NoShardAnswered, Overloaded
@@ -55,7 +56,12 @@ from aggregator.tail import TailTolerantPlanner
 from aggregator.types import MAX_K, Query
 from aggregator.wire import dump_json, error_to_dict, response_to_dict
 
-__all__ = ["SEARCH_FIELDS", "ServiceSettings", "create_app"]
+__all__ = [
+    "SEARCH_FIELDS",
+    "ServiceSettings",
+    "create_app",
+    "create_runner",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +176,29 @@ def create_app(
     if settings.loop_lag_interval_s > 0:
         app.cleanup_ctx.append(service.loop_lag_context)
     return app
+
+
+def create_runner(app: web.Application, limits: LimitsConfig) -> web.AppRunner:
+    """The runner the service is served with: cancellation on disconnect and every limit.
+
+    A client that hangs up cancels its query's fan-out; the request line, headers and idle
+    connections are bounded by ``limits``; shutdown waits at most the grace period.
+    """
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that hangs up cancels its query's fan-out
+        access_log=None,
+        shutdown_timeout=limits.shutdown_grace_ms / 1000.0,
+        max_line_size=limits.max_line_bytes,
+        max_field_size=limits.max_field_bytes,
+        max_headers=limits.max_headers,
+        # After answering a request whose body never finished (408, 413), read the rest
+        # for at most this long before closing (aiohttp's default is 10 s).
+        lingering_time=1.0,
+        # Also armed when a connection opens: one that never completes a request head is
+        # closed too (aiohttp's default is an hour; it has no separate header timeout).
+        keepalive_timeout=limits.idle_timeout_ms / 1000.0,
+    )
 
 
 def _tail_of(coordinator: Coordinator) -> TailTolerantPlanner | None:

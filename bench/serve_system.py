@@ -89,7 +89,8 @@ def _say(obj: Any) -> None:
     print(orjson.dumps(obj).decode(), flush=True)
 
 
-async def _wait_for_stdin_eof() -> None:
+async def wait_for_stdin_eof() -> None:
+    """Return when the parent closes our stdin: how a benchmark tells a server to stop."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
@@ -108,7 +109,7 @@ async def serve_shards(system: _System) -> dict[str, Any]:
     async with LocalShardCluster(backends, max_concurrency=system.cluster.max_concurrency) as local:
         _say({"shards": [[e.name, e.url, e.doc_count] for e in local.endpoints]})
         cpu_at_ready_s = time.process_time()
-        await _wait_for_stdin_eof()
+        await wait_for_stdin_eof()
         cpu_s = time.process_time() - cpu_at_ready_s
         states = [local.state(i) for i in range(len(local))]
     return {
@@ -141,7 +142,7 @@ async def serve_aggregator(system: _System) -> dict[str, Any]:
             await site.start()
             _say({"url": f"http://127.0.0.1:{int(runner.addresses[0][1])}/search"})
             cpu_at_ready_s = time.process_time()
-            await _wait_for_stdin_eof()
+            await wait_for_stdin_eof()
             cpu_s = time.process_time() - cpu_at_ready_s
         finally:
             await runner.cleanup()

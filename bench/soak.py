@@ -82,6 +82,7 @@ from bench.loadgen import (
     RequestStatus,
     run_load,
 )
+from bench.serve_system import wait_for_stdin_eof
 
 __all__ = ["SoakSettings", "add_arguments", "fd_kinds", "recovery_time_s", "run", "soak"]
 
@@ -829,7 +830,7 @@ async def _serve(spec: dict[str, Any]) -> None:
     from aggregator.admission import Admission, AdmissionLimits
     from aggregator.client import HttpShard, ShardClient, ShardClientConfig
     from aggregator.coordinator import Coordinator, CoordinatorConfig
-    from aggregator.service import ServiceSettings, create_app
+    from aggregator.service import ServiceSettings, create_app, create_runner
 
     limits = LimitsConfig(**spec["limits"])
     deadline_ms = float(spec["deadline_ms"])
@@ -878,40 +879,17 @@ async def _serve(spec: dict[str, Any]) -> None:
             return web.Response(body=orjson.dumps(counters), content_type="application/json")
 
         app.router.add_get("/debug/soak", debug)
-        runner = web.AppRunner(
-            app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=limits.shutdown_grace_ms / 1000.0,
-            max_line_size=limits.max_line_bytes,
-            max_field_size=limits.max_field_bytes,
-            max_headers=limits.max_headers,
-            lingering_time=1.0,
-            keepalive_timeout=limits.idle_timeout_ms / 1000.0,
-        )
+        runner = create_runner(app, limits)
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = int(runner.addresses[0][1])
             print(orjson.dumps({"url": f"http://127.0.0.1:{port}/search"}).decode(), flush=True)
-            await _wait_for_stdin_eof()
+            await wait_for_stdin_eof()
         finally:
             await runner.cleanup()
             await coordinator.aclose(timeout_s=1.0)
-
-
-async def _wait_for_stdin_eof() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
-    )
-    try:
-        while await reader.read(4096):
-            pass
-    finally:
-        transport.close()
 
 
 def _serve_main(argv: list[str]) -> int:

@@ -69,7 +69,7 @@ from aggregator.config import (
 )
 from aggregator.coordinator import Coordinator, CoordinatorConfig
 from aggregator.errors import ConfigError, ShardError, ShardUnavailable
-from aggregator.service import ServiceSettings, create_app
+from aggregator.service import ServiceSettings, create_app, create_runner
 from aggregator.tail import TailConfig, TailTolerantPlanner
 
 __all__ = ["MAX_WORKERS", "STARTUP_PROBE_S", "TOKEN_ENV", "ServePlan", "add_arguments", "run"]
@@ -273,21 +273,7 @@ async def _run_service(
             )
         )
         app = create_app(coordinator, admission=admission, settings=plan.service_settings())
-        runner = web.AppRunner(
-            app,
-            handler_cancellation=True,  # a client that hangs up cancels its query's fan-out
-            access_log=None,
-            shutdown_timeout=limits.shutdown_grace_ms / 1000.0,
-            max_line_size=limits.max_line_bytes,
-            max_field_size=limits.max_field_bytes,
-            max_headers=limits.max_headers,
-            # After answering a request whose body never finished (408, 413), read the rest
-            # for at most this long before closing (aiohttp's default is 10 s).
-            lingering_time=1.0,
-            # Also armed when a connection opens: one that never completes a request head is
-            # closed too (aiohttp's default is an hour; it has no separate header timeout).
-            keepalive_timeout=limits.idle_timeout_ms / 1000.0,
-        )
+        runner = create_runner(app, limits)
         await runner.setup()
         try:
             site = web.TCPSite(runner, plan.host, plan.port, reuse_port=reuse_port or None)

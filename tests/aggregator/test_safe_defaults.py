@@ -38,7 +38,7 @@ from aggregator.client import HttpShard, ShardClient
 from aggregator.commands import serve as serve_command
 from aggregator.config import LimitsConfig, ServerConfig, parse_config
 from aggregator.errors import ConfigError
-from aggregator.service import ServiceSettings, create_app
+from aggregator.service import ServiceSettings, create_app, create_runner
 from shards.commands import serve as shards_serve_command
 from shards.local_cluster import LocalShardCluster
 from shards.sim import simulated_cluster
@@ -432,17 +432,7 @@ async def served_here() -> AsyncIterator[int]:
     """The service on a runner built like the serve command's (same limits); yields its port."""
     shards = simulated_cluster(2, "constant:1ms", seed=5)
     app = create_app(Coordinator(shards))
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=LIMITS.shutdown_grace_ms / 1000.0,
-        max_line_size=LIMITS.max_line_bytes,
-        max_field_size=LIMITS.max_field_bytes,
-        max_headers=LIMITS.max_headers,
-        lingering_time=1.0,
-        keepalive_timeout=LIMITS.idle_timeout_ms / 1000.0,
-    )
+    runner = create_runner(app, LIMITS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
