@@ -120,11 +120,11 @@ def test_known_latency_is_reported_within_1ms_at_p50_and_10pct_at_p99(
         # Never below the server's own time: the generator does not under-report.
         assert summary.min_ms >= KNOWN_LATENCY_MS - 0.05
         seen.append((round(known_ms, 3), summary.p50_ms, summary.p99_ms))
-        if (
-            abs(summary.p50_ms - known_ms) <= 1.0
-            and summary.p50_ms <= KNOWN_LATENCY_MS + 2.0
-            and summary.p99_ms <= known_ms * 1.1
-        ):
+        # Judged against the plain client measured just now, not against a fixed 50 ms: on a
+        # loaded CI machine the loopback round trip alone has been seen at 2.4 ms, which no
+        # generator can remove (a CI run failed on an absolute "p50 <= 52 ms" bound with the
+        # generator 0.09 ms from the plain client).
+        if abs(summary.p50_ms - known_ms) <= 1.0 and summary.p99_ms <= known_ms * 1.1:
             break
     else:
         pytest.fail(f"(ideal client, p50, p99) ms of three runs: {seen}")
