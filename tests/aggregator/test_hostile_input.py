@@ -33,7 +33,13 @@ from aggregator import Coordinator
 from aggregator.admission import Admission
 from aggregator.clock import ManualClock
 from aggregator.config import LimitsConfig
-from aggregator.service import SEARCH_FIELDS, SERVICE_KEY, ServiceSettings, create_app
+from aggregator.service import (
+    SEARCH_FIELDS,
+    SERVICE_KEY,
+    ServiceSettings,
+    create_app,
+    create_runner,
+)
 from aggregator.types import MAX_K, MAX_QUERY_CHARS
 from tests.aggregator.fakes import ScriptedShard
 
@@ -77,16 +83,19 @@ async def client(aiohttp_client: ClientFactory) -> AsyncIterator[Client]:
         admission=Admission(clock=clock),
         settings=ServiceSettings(loop_lag_interval_s=0),
     )
-    # Built by hand: aiohttp_client's server_kwargs do not reach the runner.
-    server = TestServer(app)
-    await server.start_server(
-        max_line_size=LIMITS.max_line_bytes,
-        max_field_size=LIMITS.max_field_bytes,
-        max_headers=LIMITS.max_headers,
-    )
+    server = ServiceTestServer(app)
+    await server.start_server()
     test_client = await aiohttp_client(server)
     yield test_client
     await assert_still_serving(test_client)
+
+
+class ServiceTestServer(TestServer):
+    """A test server whose runner is the one ``serve`` uses (:func:`create_runner`), with the
+    serve command's HTTP limits and its JSON answers to requests HTTP's parser refuses."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return create_runner(self.app, LIMITS)
 
 
 def check_answer(status: int, content_type: str, body: bytes) -> dict[str, Any]:
@@ -493,14 +502,6 @@ async def test_broken_http_is_refused_with_a_4xx(client: Client, request_bytes: 
     assert TRACEBACK_MARKERS[0] not in body.decode("latin-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known gap (issue 7): aiohttp's HTTP parser answers requests it cannot parse with a "
-        "plain-text 400 before the application runs, and the only way to change that body is "
-        "to override a private method of its protocol handler"
-    ),
-)
 @pytest.mark.parametrize("request_bytes", BROKEN_HTTP.values(), ids=BROKEN_HTTP.keys())
 async def test_broken_http_is_answered_with_the_json_error_shape(
     client: Client, request_bytes: bytes
@@ -508,4 +509,8 @@ async def test_broken_http_is_answered_with_the_json_error_shape(
     """Requests HTTP's parser refuses get the service's JSON error shape like any other 4xx."""
     assert client.port is not None
     status, content_type, body = await raw_exchange(client.port, request_bytes)
-    check_answer(status, content_type, body)
+    error = check_answer(status, content_type, body)["error"]
+    assert status == 400
+    assert error["type"] == "MalformedHttp"
+    assert "\n" not in error["reason"], "one line: the parser's caret drawing is dropped"
+    assert len(error["reason"]) <= 120
