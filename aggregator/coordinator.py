@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.backend import ShardBackend
-from aggregator.clock import BoundLoopClock, Clock, LoopClock
+from aggregator.clock import BoundLoopClock, Clock, LoopClock, timer_granularity_s
 from aggregator.cluster import Cluster
 from aggregator.completeness import account
 from aggregator.deadline import Deadline, validate_budget_ms
@@ -39,12 +39,21 @@ class CoordinatorConfig:
     deadline (overflow policy: block until the deadline). ``cancel_grace_ms`` is how long the
     coordinator waits, after cancelling stragglers, for them to finish before it answers; a
     straggler slower than that to honour cancellation is tracked, never awaited.
+
+    ``wake_early_ms`` is how long before the deadline the coordinator stops waiting, so that
+    its answer (a timer firing late, cancelling the stragglers, merging) lands by the deadline
+    rather than just after it; it is capped at a tenth of the query's budget. ``None`` takes
+    the running loop's timer granularity (:func:`~aggregator.clock.timer_granularity_s`):
+    1 ms on uvloop, 0 on asyncio's loops, so in virtual time the answer comes at exactly the
+    deadline. Shards still get the whole budget; one answering inside that last stretch
+    is reported as timed out.
     """
 
     default_deadline_ms: float | None = 1000.0
     max_inflight_per_shard: int = 64
     grace_fraction: float = 0.1
     cancel_grace_ms: float = 0.0
+    wake_early_ms: float | None = None
 
     def __post_init__(self) -> None:
         validate_budget_ms(self.default_deadline_ms, name="default_deadline_ms")
@@ -54,6 +63,8 @@ class CoordinatorConfig:
             raise ValueError("grace_fraction must be in [0, 1]")
         if not 0 <= self.cancel_grace_ms <= 1000:
             raise ValueError("cancel_grace_ms must be in [0, 1000]")
+        if self.wake_early_ms is not None and not 0 <= self.wake_early_ms <= 100:
+            raise ValueError("wake_early_ms must be in [0, 100] or None")
 
 
 class _FanIn:
@@ -251,7 +262,13 @@ class Coordinator:
         try:
             if live and not fan_in.gate.done():
                 remaining_s = deadline.remaining_s(clock.now_s())
-                timeout_s = None if math.isinf(remaining_s) else remaining_s
+                if math.isinf(remaining_s):
+                    timeout_s = None
+                else:
+                    early_s = self._wake_early_s(loop)
+                    if deadline.budget_ms is not None:
+                        early_s = min(early_s, 0.1 * deadline.budget_ms / 1000.0)
+                    timeout_s = max(0.0, remaining_s - early_s)
                 await asyncio.wait((fan_in.gate,), timeout=timeout_s)
         finally:
             fan_in.close()
@@ -298,6 +315,10 @@ class Coordinator:
         return self.lingering_tasks
 
     # -- internals --------------------------------------------------------------------------
+
+    def _wake_early_s(self, loop: asyncio.AbstractEventLoop) -> float:
+        configured_ms = self.config.wake_early_ms
+        return timer_granularity_s(loop) if configured_ms is None else configured_ms / 1000.0
 
     def _check_covers_cluster(self, plan: QueryPlan) -> None:
         """A plan must name every shard exactly once: a shard left out of it would silently

@@ -6,6 +6,7 @@ import asyncio
 import math
 
 import pytest
+import uvloop
 
 from aggregator import (
     Coordinator,
@@ -19,6 +20,7 @@ from aggregator import (
     ShardReply,
     ShardTimeout,
 )
+from aggregator.clock import timer_granularity_s
 from aggregator.plan import QueryPlan, ShardPlan
 from aggregator.wire import response_to_dict
 from tests.aggregator.fakes import ScriptedShard
@@ -52,6 +54,43 @@ async def test_deadline_cuts_the_slow_shard_at_exactly_the_budget() -> None:
     assert shards[2].cancelled == 1
     assert _other_tasks() == before
     assert coordinator.lingering_tasks == 0
+
+
+@pytest.mark.looptime
+async def test_waking_early_answers_before_the_deadline_and_times_out_late_shards() -> None:
+    """With ``wake_early_ms=5`` a 100 ms query answers at 95 ms; a shard due at 97 ms is a
+    timeout, one due at 90 ms is ok."""
+    loop = asyncio.get_running_loop()
+    shards = _shards(0.090, 0.097)
+    coordinator = Coordinator(shards, config=CoordinatorConfig(wake_early_ms=5.0))
+    start = loop.time()
+    response = await coordinator.search(Query("q", deadline_ms=100))
+    assert loop.time() - start == pytest.approx(0.095)
+    assert [o.status for o in response.shards] == ["ok", "timeout"]
+    assert shards[1].cancelled == 1
+
+
+@pytest.mark.looptime
+async def test_waking_early_takes_at_most_a_tenth_of_the_budget() -> None:
+    """``wake_early_ms=50`` on a 100 ms query still waits 90 ms: the cap is 10% of the budget."""
+    loop = asyncio.get_running_loop()
+    coordinator = Coordinator(_shards(0.500), config=CoordinatorConfig(wake_early_ms=50.0))
+    start = loop.time()
+    with pytest.raises(NoShardAnswered):
+        await coordinator.search(Query("q", deadline_ms=100))
+    assert loop.time() - start == pytest.approx(0.090)
+
+
+def test_timer_granularity_is_a_millisecond_on_uvloop_only() -> None:
+    """uvloop's libuv timers are whole milliseconds; asyncio's loops are exact enough (0)."""
+    uv = uvloop.new_event_loop()
+    std = asyncio.new_event_loop()
+    try:
+        assert timer_granularity_s(uv) == 1e-3
+        assert timer_granularity_s(std) == 0.0
+    finally:
+        uv.close()
+        std.close()
 
 
 @pytest.mark.looptime
@@ -337,3 +376,5 @@ def test_invalid_config_is_rejected() -> None:
         CoordinatorConfig(max_inflight_per_shard=0)
     with pytest.raises(ValueError, match="grace_fraction"):
         CoordinatorConfig(grace_fraction=1.5)
+    with pytest.raises(ValueError, match="wake_early_ms"):
+        CoordinatorConfig(wake_early_ms=-1.0)
