@@ -50,6 +50,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+import numpy as np
+import numpy.typing as npt
 from aiohttp import web
 
 from aggregator._cli import LOOP_CHOICES, run_loop
@@ -424,6 +426,11 @@ async def _slow_shard(
         f"p50 {peer.p50_ms:.1f} ms, p99 {peer.p99_ms:.1f} ms, max {peer.max_ms:.1f} ms"
     )
     measured = int(aggregator.measured.sum())
+    # Where the overrun goes: the aggregator's own took_ms (from headers read to answer
+    # built), and the client's time from the actual send (so without the generator's lag).
+    took_ms = aggregator.server_ms[aggregator.measured]
+    took_ms = took_ms[~np.isnan(took_ms)]
+    service = aggregator.service.summary()
     return {
         "slow_shard_rate_per_s": round(rate, 1),
         "slow_shard_statuses": statuses,
@@ -433,6 +440,10 @@ async def _slow_shard(
         "slow_shard_p99_overrun_ms": round(agg.p99_ms - SLOW_DEADLINE_MS, 3),
         "slow_shard_p999_overrun_ms": round(agg.p999_ms - SLOW_DEADLINE_MS, 3),
         "slow_shard_max_overrun_ms": round(agg.max_ms - SLOW_DEADLINE_MS, 3),
+        "slow_shard_from_send_p99_ms": round(service.p99_ms, 3),
+        "slow_shard_server_took_p50_ms": _percentile(took_ms, 50.0),
+        "slow_shard_server_took_p99_ms": _percentile(took_ms, 99.0),
+        "slow_shard_server_took_max_ms": _percentile(took_ms, 100.0),
         "slow_shard_partial_share": round(
             aggregator.count(RequestStatus.PARTIAL) / measured if measured else 0.0, 4
         ),
@@ -441,6 +452,10 @@ async def _slow_shard(
         "slow_shard_naive_p99_ms": round(peer.p99_ms, 3),
         "slow_shard_naive_generator_problems": naive.rate_problems(),
     }
+
+
+def _percentile(values: npt.NDArray[np.float64], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if len(values) else None
 
 
 def _describe(step: Step) -> str:

@@ -73,13 +73,16 @@ class RequestResult:
     """What a target reports for one request.
 
     ``coverage`` is the answer's share of documents searched (``None`` when there was no
-    answer); ``extra_requests`` counts shard requests beyond one per shard (hedges, retries).
+    answer); ``extra_requests`` counts shard requests beyond one per shard (hedges, retries);
+    ``server_ms`` is the time the server itself reported (the aggregator's ``took_ms``), so a
+    report can tell the server's share of a latency from the network's and the queues'.
     """
 
     status: RequestStatus
     coverage: float | None = None
     extra_requests: int = 0
     reason: str | None = None
+    server_ms: float | None = None
 
 
 #: A load target: given the request's index (0, 1, ...), perform it and say how it ended.
@@ -166,8 +169,8 @@ class LoadResult:
     partial), since fast failures would otherwise flatter the figures; ``service`` is measured
     from the moment each request was actually sent (what a coordinated-omission-prone tool
     would report; compare the two). ``lag`` holds how late each send was. The per-request
-    arrays (``offsets_s``, ``latency_s``, ``status``, ``coverage``) cover every scheduled
-    request, including warm-up ones (``nan`` where not applicable).
+    arrays (``offsets_s``, ``latency_s``, ``status``, ``coverage``, ``server_ms``) cover every
+    scheduled request, including warm-up ones (``nan`` where not applicable).
     """
 
     spec: LoadSpec
@@ -179,6 +182,7 @@ class LoadResult:
     latency_s: npt.NDArray[np.float64]
     status: npt.NDArray[np.int8]
     coverage: npt.NDArray[np.float64]
+    server_ms: npt.NDArray[np.float64]
     extra_requests: int = 0
     late_sends: int = 0
     elapsed_s: float = 0.0
@@ -277,6 +281,7 @@ class _Run:
             latency_s=np.full(n, np.nan),
             status=np.full(n, RequestStatus.ABANDONED, dtype=np.int8),
             coverage=np.full(n, np.nan),
+            server_ms=np.full(n, np.nan),
         )
         self.start_s = 0.0
 
@@ -288,6 +293,8 @@ class _Run:
         r.status[index] = outcome.status
         if outcome.coverage is not None:
             r.coverage[index] = outcome.coverage
+        if outcome.server_ms is not None:
+            r.server_ms[index] = outcome.server_ms
         if self.offsets[index] >= self.spec.warmup_s:
             r.latency.record_s(latency_s)
             r.service.record_s(max(0.0, end_s - sent_s))
@@ -445,10 +452,12 @@ def classify_http(status: int, body: bytes) -> RequestResult:
         coverage = float(completeness["coverage"])
         partial = bool(doc.get("partial", coverage < 1.0))
         extra = sum(max(0, int(s.get("attempts", 1)) - 1) for s in doc.get("shards", ()))
+        took = doc.get("took_ms")
+        server_ms = float(took) if isinstance(took, int | float) else None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return RequestResult(RequestStatus.ERROR, reason="malformed response")
     status_ = RequestStatus.PARTIAL if partial else RequestStatus.OK
-    return RequestResult(status_, coverage=coverage, extra_requests=extra)
+    return RequestResult(status_, coverage=coverage, extra_requests=extra, server_ms=server_ms)
 
 
 def _error_type(body: bytes) -> str | None:

@@ -184,17 +184,19 @@ def test_coverage_and_extra_requests_are_recorded() -> None:
 
 
 def test_classify_complete_and_partial_answers() -> None:
-    """200 bodies give coverage, partial flag and extra attempts."""
+    """200 bodies give coverage, partial flag, extra attempts and the server's own time."""
     body = (
-        b'{"partial": true, "completeness": {"coverage": 0.75},'
+        b'{"partial": true, "completeness": {"coverage": 0.75}, "took_ms": 98.5,'
         b' "shards": [{"attempts": 2}, {"attempts": 1}, {"attempts": 3}]}'
     )
     r = classify_http(200, body)
     assert r.status is RequestStatus.PARTIAL
     assert r.coverage == 0.75
     assert r.extra_requests == 3
+    assert r.server_ms == 98.5
     ok = classify_http(200, b'{"partial": false, "completeness": {"coverage": 1.0}}')
     assert ok.status is RequestStatus.OK
+    assert ok.server_ms is None
 
 
 @pytest.mark.parametrize(

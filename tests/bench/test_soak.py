@@ -31,6 +31,7 @@ def _result(
         latency_s=np.array(latency_ms, dtype=np.float64) / 1000.0,
         status=np.array(status, dtype=np.int8),
         coverage=np.full(n, np.nan),
+        server_ms=np.full(n, np.nan),
     )
 
 

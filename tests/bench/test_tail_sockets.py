@@ -22,6 +22,7 @@ def _result(offsets_s: list[float], latencies_s: list[float], statuses: list[int
         latency_s=np.array(latencies_s),
         status=np.array(statuses, dtype=np.int8),
         coverage=np.full(n, np.nan),
+        server_ms=np.full(n, np.nan),
     )
 
 
