@@ -84,7 +84,6 @@ TAIL_KEYS = frozenset(
         "hedge_refresh_ms",
         "hedge_min_samples",
         "hedge_min_delay_ms",
-        "hedge_max_budget_share",
         "backup_share",
         "backup_burst",
         "max_attempts",
@@ -409,14 +408,6 @@ class _Reader:
         if "hedge_min_delay_ms" in table:
             out["hedge_min_delay_s"] = ms(
                 "tail.hedge_min_delay_ms", table["hedge_min_delay_ms"], zero=True
-            )
-        if "hedge_max_budget_share" in table:
-            out["hedge_max_budget_share"] = self.number(
-                "tail.hedge_max_budget_share",
-                table["hedge_max_budget_share"],
-                low=0.0,
-                high=1.0,
-                low_open=True,
             )
         return out
 

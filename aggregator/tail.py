@@ -48,8 +48,6 @@ class TailConfig:
     tokens of slack). ``max_attempts`` bounds the requests of one shard call; with
     ``reuse_replicas`` a shard with fewer replicas than that cycles through them again (a
     backup to a replica already asked), otherwise each replica is asked at most once.
-    ``hedge_max_budget_share``: no hedge is planned for a query when the hedge delay is more
-    than this share of the budget it has left (``1`` turns the check off).
     """
 
     selection: str = "p2c"
@@ -60,7 +58,6 @@ class TailConfig:
     hedge_refresh_s: float = 3.0
     hedge_min_samples: int = 100
     hedge_min_delay_s: float = 0.0
-    hedge_max_budget_share: float = 0.5
     backup_share: float = 0.05
     backup_burst: float = 100.0
     max_attempts: int = 2
@@ -78,10 +75,6 @@ class TailConfig:
             raise ValueError(f"hedge_after_s must be finite and >= 0, got {self.hedge_after_s!r}")
         if self.hedge_percentile is not None and not 0 < self.hedge_percentile < 100:
             raise ValueError(f"hedge_percentile must be in (0, 100), got {self.hedge_percentile!r}")
-        if not 0 < self.hedge_max_budget_share <= 1:
-            raise ValueError(
-                f"hedge_max_budget_share must be in (0, 1], got {self.hedge_max_budget_share!r}"
-            )
         if not 0 <= self.backup_share <= 1:
             raise ValueError(f"backup_share must be in [0, 1], got {self.backup_share!r}")
         if isinstance(self.max_attempts, bool) or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
@@ -157,12 +150,6 @@ class TailTolerantPlanner:
         delay if hedging is on; a shard with every circuit open is skipped at once."""
         cfg = self.config
         shard_plans: list[ShardPlan] = []
-        # Why a cap on the hedge delay's share of the budget: a backup sent after most of the
-        # budget has gone has only the rest to answer, usually too little, while it still
-        # adds a request to a cluster that is slow at that moment, often because it is busy.
-        # Measured over sockets (bench/RESULTS.md, heavy-tail at a 25 ms deadline): such late
-        # hedges gave more partial answers than not hedging at all.
-        latest_hedge_s = cfg.hedge_max_budget_share * deadline.remaining_s(now_s)
         for shard in cluster.shards:
             candidates = [
                 i
@@ -180,8 +167,6 @@ class TailTolerantPlanner:
             hedge_after_s = None
             if self.hedge_delay is not None and len(replicas) > 1:
                 hedge_after_s = self.hedge_delay.delay_s(shard.name)
-                if hedge_after_s is not None and hedge_after_s > latest_hedge_s:
-                    hedge_after_s = None
             shard_plans.append(ShardPlan(shard.name, replicas, hedge_after_s))
         good_enough = (
             None

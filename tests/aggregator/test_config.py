@@ -196,7 +196,6 @@ hedge_window_ms = 10000
 hedge_refresh_ms = 1000
 hedge_min_samples = 10
 hedge_min_delay_ms = 2
-hedge_max_budget_share = 0.8
 backup_share = 0.1
 backup_burst = 10
 max_attempts = 3
@@ -222,7 +221,6 @@ max_backoff_ms = 4
         hedge_refresh_s=1.0,
         hedge_min_samples=10,
         hedge_min_delay_s=0.002,
-        hedge_max_budget_share=0.8,
         backup_share=0.1,
         backup_burst=10.0,
         max_attempts=3,
@@ -295,10 +293,6 @@ def test_hedging_is_a_percentile_a_fixed_delay_or_off(tail: str, expected: TailC
         (MINIMAL + "[tail]\nhedge_refresh_ms = 60000", "tail.hedge_refresh_ms: must not exceed"),
         (MINIMAL + "[tail]\newma_decay_ms = 0", "tail.ewma_decay_ms: must be in (0,"),
         (MINIMAL + "[tail]\nbackup_share = 1.5", "tail.backup_share: must be in [0, 1]"),
-        (
-            MINIMAL + "[tail]\nhedge_max_budget_share = 0",
-            "tail.hedge_max_budget_share: must be in (0, 1]",
-        ),
         (MINIMAL + "[tail]\nmax_attempts = 6", "tail.max_attempts: must be in 1..5"),
         (MINIMAL + "[tail]\nreuse_replicas = 1", "tail.reuse_replicas: must be true or false"),
         (MINIMAL + "[tail]\nbreaker = 3", "tail.breaker: must be a table"),

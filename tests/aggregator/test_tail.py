@@ -45,31 +45,6 @@ def test_fixed_hedge_delay_and_replica_rotation() -> None:
     assert second[0] == ShardPlan("a", (1, 0), 0.02)
 
 
-def test_no_hedge_when_the_delay_is_more_than_half_the_budget_left() -> None:
-    """A 30 ms hedge delay is planned for a 100 ms query, not for a 50 ms one, nor for a
-    100 ms query with 45 ms left; a share of 1 allows it up to the whole budget."""
-    cluster = _cluster({"a": 2})
-    planner, _ = _planner(selection="round_robin", hedge_after_s=0.03, hedge_percentile=None)
-
-    def hedge_after(budget_ms: float, now_s: float = 0.0, started_s: float = 0.0) -> float | None:
-        deadline = Deadline.after(started_s, budget_ms)
-        query = Query("q", deadline_ms=budget_ms)
-        return planner.plan(query, deadline, cluster, now_s).shards[0].hedge_after_s
-
-    assert hedge_after(100) == 0.03
-    assert hedge_after(50) is None
-    assert hedge_after(100, now_s=0.055) is None
-    anything, _ = _planner(
-        selection="round_robin",
-        hedge_after_s=0.03,
-        hedge_percentile=None,
-        hedge_max_budget_share=1.0,
-    )
-    query = Query("q", deadline_ms=40)
-    plan = anything.plan(query, Deadline.after(0.0, 40), cluster, 0.0)
-    assert plan.shards[0].hedge_after_s == 0.03
-
-
 def test_max_attempts_truncates_or_cycles_the_replicas() -> None:
     """Without reuse each replica appears once; with it the order cycles to max_attempts."""
     cluster = _cluster({"a": 2})
@@ -85,7 +60,7 @@ def test_max_attempts_truncates_or_cycles_the_replicas() -> None:
 
 def test_percentile_hedging_waits_for_samples() -> None:
     """No hedge delay until the shard has min_samples latencies, then their percentile."""
-    planner, _ = _planner(hedge_percentile=90.0, hedge_min_samples=10, hedge_max_budget_share=1.0)
+    planner, _ = _planner(hedge_percentile=90.0, hedge_min_samples=10)
     cluster = _cluster({"a": 2})
     assert _plan(planner, cluster)[0].hedge_after_s is None
     for i in range(10):
@@ -190,7 +165,6 @@ def test_cancelled_requests_only_raise_the_latency_estimate() -> None:
         ({"hedge_percentile": 100.0}, "hedge_percentile"),
         ({"backup_share": -0.1}, "backup_share"),
         ({"hedge_after_s": -1.0}, "hedge_after_s"),
-        ({"hedge_max_budget_share": 0.0}, "hedge_max_budget_share"),
     ],
 )
 def test_invalid_config_is_rejected(kwargs: dict[str, object], message: str) -> None:
