@@ -63,8 +63,19 @@ DEFAULT_MAX_WAITING = 8
 #: its own budget); with less, starting it is wasted work (every shard call would be cut
 #: before it could answer), so it is shed. A query that finds a free slot is never shed.
 DEFAULT_MIN_BUDGET_MS = 5.0
+#: Event-loop lag above which the in-flight limit is lowered, in milliseconds.
+#:
+#: Why a loop-lag signal: the aggregator's work per query is CPU on one event loop, so when the
+#: process is short of CPU, every callback waits behind the others: admitted queries overrun
+#: their deadlines and even a 503 waits its turn (measured: shed p99 34-80 ms at 5x capacity
+#: with a fixed limit of 8). The lag of a periodic timer is that wait, read directly. 2 ms
+#: keeps a shed answer within a few milliseconds while a healthy loop (lag well under 1 ms)
+#: never triggers it.
+DEFAULT_MAX_LOOP_LAG_MS = 2.0
 #: Weight of the newest query's slot-holding time in the running estimate (EWMA).
 _HOLD_EWMA_ALPHA = 0.1
+#: Share of the in-flight limit kept when the loop lags (multiplicative decrease).
+_LIMIT_DECREASE = 0.75
 
 
 class TicketState(StrEnum):
@@ -91,12 +102,16 @@ class AdmissionLimits:
     ``max_in_flight`` (>= 1) queries run at once; ``max_waiting`` (>= 0) wait for a slot;
     ``min_budget_ms`` (>= 0) is the budget a query must still have when it gets its slot;
     ``retry_after_s`` (> 0) is the least a shed client is told to wait before retrying.
+    ``max_loop_lag_ms`` (> 0, or ``None`` for a fixed limit): event-loop lag above which the
+    limit on queries in flight is lowered below ``max_in_flight`` (see
+    :meth:`AdmissionQueue.on_loop_lag`).
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_waiting: int = DEFAULT_MAX_WAITING
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
     retry_after_s: float = 1.0
+    max_loop_lag_ms: float | None = DEFAULT_MAX_LOOP_LAG_MS
 
     def __post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int):
@@ -111,6 +126,10 @@ class AdmissionLimits:
             raise ValueError(f"min_budget_ms must be finite and >= 0, got {self.min_budget_ms!r}")
         if not 0 < self.retry_after_s < math.inf:
             raise ValueError(f"retry_after_s must be finite and > 0, got {self.retry_after_s!r}")
+        if self.max_loop_lag_ms is not None and not 0 < self.max_loop_lag_ms < math.inf:
+            raise ValueError(
+                f"max_loop_lag_ms must be finite and > 0, or None, got {self.max_loop_lag_ms!r}"
+            )
 
 
 @dataclass(eq=False, slots=True)
@@ -162,6 +181,7 @@ class AdmissionQueue:
         "_clients",
         "_hold_s_ewma",
         "_in_flight",
+        "_limit",
         "_seq",
         "_waiting",
         "admitted_total",
@@ -175,6 +195,7 @@ class AdmissionQueue:
         self.clock: Clock = clock or LoopClock()
         self._clients: dict[str, _Client] = {}
         self._in_flight = 0
+        self._limit = self.limits.max_in_flight
         self._waiting = 0
         self._seq = 0
         self._hold_s_ewma = 0.0
@@ -192,6 +213,11 @@ class AdmissionQueue:
     def waiting(self) -> int:
         """Queries waiting for a slot."""
         return self._waiting
+
+    @property
+    def limit(self) -> int:
+        """Queries allowed in flight now: ``max_in_flight``, or less while the loop lags."""
+        return self._limit
 
     def in_flight_of(self, client: str) -> int:
         """Slots ``client`` holds."""
@@ -211,12 +237,12 @@ class AdmissionQueue:
     def estimated_wait_s(self, position: int | None = None) -> float:
         """Expected seconds until the ``position``-th waiter (1-based) gets a slot.
 
-        Slots free at about ``max_in_flight / hold`` per second (``hold``: running average of
-        how long a query holds its slot), so the n-th in line waits ``n * hold / max_in_flight``.
-        Defaults to the position of a new arrival. 0 while nothing has been measured.
+        Slots free at about ``limit / hold`` per second (``hold``: running average of how long
+        a query holds its slot), so the n-th in line waits ``n * hold / limit``. Defaults to
+        the position of a new arrival. 0 while nothing has been measured.
         """
         n = self._waiting + 1 if position is None else position
-        return n * self._hold_s_ewma / self.limits.max_in_flight
+        return n * self._hold_s_ewma / self._limit
 
     def retry_after_s(self) -> float:
         """Seconds a shed client should wait before retrying (at least the configured floor)."""
@@ -241,7 +267,7 @@ class AdmissionQueue:
         if deadline.is_expired(now):
             self._shed(ticket, ShedReason.DEADLINE, "the query's budget is already spent")
             return ticket, []
-        if self._in_flight < self.limits.max_in_flight and self._waiting == 0:
+        if self._in_flight < self._limit and self._waiting == 0:
             # A free slot is never refused: with nothing to wait for, no deadline is at risk.
             self._admit(ticket, self._client(client), now)
             return ticket, []
@@ -304,6 +330,32 @@ class AdmissionQueue:
                 shed.append(ticket)
         return shed
 
+    def on_loop_lag(self, lag_s: float) -> list[Ticket]:
+        """One sample of the event loop's lag: adapt the in-flight limit; return the tickets
+        admitted (or shed) because it rose.
+
+        Additive increase, multiplicative decrease, as TCP and adaptive concurrency limiters
+        do: a lag over ``max_loop_lag_ms`` cuts the limit to three quarters (at least 1); a lag
+        under half of it, while the limit is what holds queries back (every slot taken), raises
+        it by one, up to ``max_in_flight``. Queries already running keep their slots. Nothing
+        changes when ``max_loop_lag_ms`` is ``None``.
+        """
+        target_ms = self.limits.max_loop_lag_ms
+        if target_ms is None:
+            return []
+        lag_ms = lag_s * 1000.0
+        if lag_ms > target_ms:
+            self._limit = max(1, int(self._limit * _LIMIT_DECREASE))
+            return []
+        if (
+            lag_ms < target_ms / 2.0
+            and self._limit < self.limits.max_in_flight
+            and self._in_flight >= self._limit
+        ):
+            self._limit += 1
+            return self._grant(self.clock.now_s())
+        return []
+
     def time_out(self, ticket: Ticket) -> None:
         """Shed waiting ``ticket``: its owner's timer for the deadline fired.
 
@@ -349,7 +401,7 @@ class AdmissionQueue:
         # Linear scans over the waiting clients: at most max_waiting of them, and a release
         # is rare next to the work of the query that just ended.
         changed: list[Ticket] = []
-        while self._in_flight < self.limits.max_in_flight and self._waiting:
+        while self._in_flight < self._limit and self._waiting:
             best: _Client | None = None
             for entry in self._clients.values():
                 if not entry.waiting:
@@ -441,6 +493,10 @@ class Admission:
     def release(self, ticket: Ticket) -> None:
         """Give back what ``ticket`` holds and wake whoever that lets in."""
         self._wake(self.queue.release(ticket))
+
+    def on_loop_lag(self, lag_s: float) -> None:
+        """Feed one event-loop lag sample to the adaptive limit; wake whoever it lets in."""
+        self._wake(self.queue.on_loop_lag(lag_s))
 
     async def _wait(self, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()

@@ -45,7 +45,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from aggregator.admission import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_WAITING, DEFAULT_MIN_BUDGET_MS
+from aggregator.admission import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_LOOP_LAG_MS,
+    DEFAULT_MAX_WAITING,
+    DEFAULT_MIN_BUDGET_MS,
+    AdmissionLimits,
+)
 from aggregator.breaker import BreakerConfig
 from aggregator.deadline import MAX_BUDGET_MS
 from aggregator.errors import ConfigError
@@ -149,12 +155,14 @@ class LimitsConfig:
     header, and the header count. ``shutdown_grace_ms``: how long in-flight queries may run on
     after a shutdown signal. ``idle_timeout_ms``: how long a client connection may go without
     sending a complete request (idle keep-alive, or a request head that never ends) before it
-    is closed, so stalled clients cannot pile up connections.
+    is closed, so stalled clients cannot pile up connections. ``max_loop_lag_ms``: event-loop
+    lag above which admission lowers its limit on queries in flight (0: a fixed limit).
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_waiting: int = DEFAULT_MAX_WAITING
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
+    max_loop_lag_ms: float = DEFAULT_MAX_LOOP_LAG_MS
     max_inflight_per_shard: int = 64
     max_connections_per_shard: int = 32
     max_reply_bytes: int = 4 * 1024 * 1024
@@ -164,6 +172,15 @@ class LimitsConfig:
     max_headers: int = 100
     shutdown_grace_ms: float = 5000.0
     idle_timeout_ms: float = 60_000.0
+
+    def admission(self) -> AdmissionLimits:
+        """The admission-control part of these limits."""
+        return AdmissionLimits(
+            max_in_flight=self.max_in_flight,
+            max_waiting=self.max_waiting,
+            min_budget_ms=self.min_budget_ms,
+            max_loop_lag_ms=self.max_loop_lag_ms or None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +495,8 @@ class _Reader:
             return self.integer(path, value, low=low, high=high)
         if key == "min_budget_ms":
             return self.number(path, value, low=0.0, high=MAX_BUDGET_MS)
+        if key == "max_loop_lag_ms":  # 0: a fixed in-flight limit
+            return self.number(path, value, low=0.0, high=60_000.0)
         if key == "idle_timeout_ms":  # 0 would mean "never": not allowed
             return self.number(path, value, low=0.0, high=600_000.0, low_open=True)
         return self.number(path, value, low=0.0, high=600_000.0)  # shutdown_grace_ms

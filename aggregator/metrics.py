@@ -121,7 +121,12 @@ class _AdmissionCollector(Collector):
             "aggregator_queries_admitted", "Queries admitted by admission control."
         )
         admitted.add_metric([], self._queue.admitted_total)
-        return [shed, admitted]
+        limit = GaugeMetricFamily(
+            "aggregator_admission_limit",
+            "Queries allowed in flight now (lowered below the maximum while the loop lags).",
+        )
+        limit.add_metric([], self._queue.limit)
+        return [shed, admitted, limit]
 
 
 class _TailCollector(Collector):

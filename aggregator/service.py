@@ -97,7 +97,9 @@ class ServiceSettings:
     set, bearer token required on every endpoint but ``/healthz``. ``client_id_header``: the
     header naming a client for fair admission (empty: peer address only).
     ``no_shard_retry_after_s``: ``Retry-After`` when no shard answered.
-    ``loop_lag_interval_s``: period of the event-loop lag monitor (0 turns it off).
+    ``loop_lag_interval_s``: period of the event-loop lag monitor (0 turns it off); its
+    samples also steer admission's in-flight limit, so it is short enough to react within
+    a tenth of a second.
     ``reply_reserve_ms``: how much of each query's budget is kept for the work after the
     fan-in (merging, encoding and sending the answer), at most 10% of the budget; the shards
     get the rest, so the answer reaches the client by the deadline, not just leaves the
@@ -110,7 +112,7 @@ class ServiceSettings:
     token: str | None = None
     client_id_header: str = "X-Client-Id"
     no_shard_retry_after_s: float = 1.0
-    loop_lag_interval_s: float = 0.1
+    loop_lag_interval_s: float = 0.025
     reply_reserve_ms: float = 2.0
 
     def __post_init__(self) -> None:
@@ -449,7 +451,14 @@ class _Service:
         self.draining = True
 
     async def loop_lag_context(self, app: web.Application) -> AsyncIterator[None]:
-        monitor = LoopLagMonitor(self.metrics.observe_loop_lag, self.settings.loop_lag_interval_s)
+        observe = self.metrics.observe_loop_lag
+        admission = self.admission
+
+        def record(lag_s: float) -> None:
+            observe(lag_s)
+            admission.on_loop_lag(lag_s)
+
+        monitor = LoopLagMonitor(record, self.settings.loop_lag_interval_s)
         self.lag_monitor = monitor
         task = asyncio.create_task(monitor.run(), name="aggregator-loop-lag")
         try:

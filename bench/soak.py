@@ -142,6 +142,7 @@ class SoakSettings:
     max_in_flight: int | None = None
     max_waiting: int | None = None
     min_budget_ms: float | None = None
+    max_loop_lag_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 64:
@@ -158,6 +159,8 @@ class SoakSettings:
             raise ValueError(f"--max-in-flight must be in 1..100000, got {self.max_in_flight}")
         if self.max_waiting is not None and not 0 <= self.max_waiting <= 100_000:
             raise ValueError(f"--max-waiting must be in 0..100000, got {self.max_waiting}")
+        if self.max_loop_lag_ms is not None and not 0 <= self.max_loop_lag_ms <= 60_000:
+            raise ValueError(f"--max-loop-lag-ms must be in 0..60000, got {self.max_loop_lag_ms}")
         if self.min_budget_ms is not None and not 0 <= self.min_budget_ms < self.deadline_ms:
             raise ValueError(f"--min-budget-ms must be in [0, deadline), got {self.min_budget_ms}")
 
@@ -170,6 +173,9 @@ class SoakSettings:
             max_waiting=defaults.max_waiting if self.max_waiting is None else self.max_waiting,
             min_budget_ms=(
                 defaults.min_budget_ms if self.min_budget_ms is None else self.min_budget_ms
+            ),
+            max_loop_lag_ms=(
+                defaults.max_loop_lag_ms if self.max_loop_lag_ms is None else self.max_loop_lag_ms
             ),
         )
 
@@ -207,6 +213,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="admission: budget a query must have left to start (default: the serve command's)",
     )
+    parser.add_argument(
+        "--max-loop-lag-ms",
+        type=float,
+        default=None,
+        help="admission: loop lag that lowers the in-flight limit (0: fixed; default: serve's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight,
         max_waiting=args.max_waiting,
         min_budget_ms=args.min_budget_ms,
+        max_loop_lag_ms=args.max_loop_lag_ms,
     )
     result = run_loop(lambda: soak(settings, progress=not args.json), args.loop)
     if args.json:
@@ -456,6 +469,7 @@ def _figures(
             "max_in_flight": settings.limits().max_in_flight,
             "max_waiting": settings.limits().max_waiting,
             "min_budget_ms": settings.limits().min_budget_ms,
+            "max_loop_lag_ms": settings.limits().max_loop_lag_ms,
         },
         "capacity_qps": round(capacity_qps, 1),
         "overload_factor": settings.overload_factor,
@@ -827,7 +841,7 @@ def fd_kinds(pid: int, shard_ports: frozenset[int]) -> dict[str, int]:
 
 async def _serve(spec: dict[str, Any]) -> None:
     """Serve the aggregator over the given shards until stdin closes."""
-    from aggregator.admission import Admission, AdmissionLimits
+    from aggregator.admission import Admission
     from aggregator.client import HttpShard, ShardClient, ShardClientConfig
     from aggregator.coordinator import Coordinator, CoordinatorConfig
     from aggregator.service import ServiceSettings, create_app, create_runner
@@ -849,13 +863,7 @@ async def _serve(spec: dict[str, Any]) -> None:
                 max_inflight_per_shard=limits.max_inflight_per_shard,
             ),
         )
-        admission = Admission(
-            AdmissionLimits(
-                max_in_flight=limits.max_in_flight,
-                max_waiting=limits.max_waiting,
-                min_budget_ms=limits.min_budget_ms,
-            )
-        )
+        admission = Admission(limits.admission())
         settings = ServiceSettings(
             default_deadline_ms=deadline_ms, max_body_bytes=limits.max_body_bytes
         )

@@ -51,7 +51,7 @@ from aiohttp import web
 
 from aggregator._cli import LOOP_CHOICES, run_loop
 from aggregator._runtime import freeze_startup_heap
-from aggregator.admission import Admission, AdmissionLimits
+from aggregator.admission import Admission
 from aggregator.backend import ShardBackend
 from aggregator.client import (
     HttpShard,
@@ -265,13 +265,7 @@ async def _run_service(
             ),
             planner=TailTolerantPlanner(plan.tail) if plan.tail is not None else None,
         )
-        admission = Admission(
-            AdmissionLimits(
-                max_in_flight=limits.max_in_flight,
-                max_waiting=limits.max_waiting,
-                min_budget_ms=limits.min_budget_ms,
-            )
-        )
+        admission = Admission(limits.admission())
         app = create_app(coordinator, admission=admission, settings=plan.service_settings())
         runner = create_runner(app, limits)
         await runner.setup()

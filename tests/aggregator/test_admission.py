@@ -206,12 +206,57 @@ def test_releasing_a_waiting_ticket_leaves_the_queue() -> None:
         {"min_budget_ms": float("nan")},
         {"retry_after_s": 0.0},
         {"max_in_flight": True},
+        {"max_loop_lag_ms": 0.0},
     ],
 )
 def test_limits_reject_nonsense(kwargs: dict[str, object]) -> None:
     """Limits outside their ranges are refused on construction."""
     with pytest.raises(ValueError, match="must be"):
         AdmissionLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_loop_lag_lowers_the_limit_to_three_quarters_down_to_one() -> None:
+    """Each lag sample over max_loop_lag_ms cuts the limit to 3/4 (8, 6, 4, 3, 2, 1, 1);
+    arrivals over the lowered limit wait, and running queries keep their slots."""
+    queue, clock = _queue(max_in_flight=8, max_waiting=8)
+    running = [_arrive(queue, clock, "a") for _ in range(3)]
+    limits = []
+    for _ in range(6):
+        assert queue.on_loop_lag(0.005) == []
+        limits.append(queue.limit)
+    assert limits == [6, 4, 3, 2, 1, 1]
+    assert all(t.state is TicketState.ADMITTED for t in running)
+    assert _arrive(queue, clock, "b").state is TicketState.WAITING
+
+
+def test_a_quiet_loop_raises_the_limit_by_one_while_it_binds() -> None:
+    """Lag under half the target raises the limit by one and admits a waiter at once; it
+    does not rise while slots are free, nor past max_in_flight."""
+    queue, clock = _queue(max_in_flight=3, max_waiting=4)
+    queue.on_loop_lag(0.010)
+    queue.on_loop_lag(0.010)
+    assert queue.limit == 1
+    assert queue.on_loop_lag(0.0) == []  # nothing runs: the limit is not what holds back
+    assert queue.limit == 1
+    _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "b")
+    assert waiter.state is TicketState.WAITING
+    assert queue.on_loop_lag(0.0005) == [waiter]
+    assert (queue.limit, waiter.state) == (2, TicketState.ADMITTED)
+    assert queue.on_loop_lag(0.0015) == []  # between half the target and the target: hold
+    assert queue.limit == 2
+    _arrive(queue, clock, "c")
+    queue.on_loop_lag(0.0)
+    _arrive(queue, clock, "d")
+    assert queue.on_loop_lag(0.0) == []
+    assert queue.limit == 3
+
+
+def test_a_fixed_limit_ignores_loop_lag() -> None:
+    """With max_loop_lag_ms = None the limit stays at max_in_flight whatever the lag."""
+    queue = AdmissionQueue(AdmissionLimits(4, 4, max_loop_lag_ms=None), ManualClock())
+    queue.on_loop_lag(1.0)
+    assert queue.limit == 4
 
 
 # -- the async adapter, in loop time ----------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from aggregator import ConfigError
+from aggregator.admission import DEFAULT_MAX_LOOP_LAG_MS, AdmissionLimits
 from aggregator.breaker import BreakerConfig
 from aggregator.config import (
     ClusterConfig,
@@ -68,6 +69,7 @@ max_k = 50
 max_in_flight = 8
 max_waiting = 0
 min_budget_ms = 1.5
+max_loop_lag_ms = 0
 shutdown_grace_ms = 100
 """
     )
@@ -76,6 +78,8 @@ shutdown_grace_ms = 100
     assert (config.limits.max_in_flight, config.limits.max_waiting) == (8, 0)
     assert config.limits.min_budget_ms == 1.5
     assert config.limits.shutdown_grace_ms == 100.0
+    assert config.limits.admission() == AdmissionLimits(8, 0, 1.5, max_loop_lag_ms=None)
+    assert LimitsConfig().admission().max_loop_lag_ms == DEFAULT_MAX_LOOP_LAG_MS
 
 
 @pytest.mark.parametrize(
@@ -113,6 +117,7 @@ shutdown_grace_ms = 100
         (MINIMAL + "[limits]\nmax_waiting = true", "must be an integer, got a boolean"),
         (MINIMAL + "[limits]\nmax_body_bytes = 1", "limits.max_body_bytes: must be in 64.."),
         (MINIMAL + "[limits]\nmin_budget_ms = -1", "limits.min_budget_ms: must be in"),
+        (MINIMAL + "[limits]\nmax_loop_lag_ms = -1", "limits.max_loop_lag_ms: must be in"),
         (MINIMAL + "[server]\nport = 70000", "server.port: must be in 0..65535"),
         (MINIMAL + "[server]\nhost = ''", "server.host: must not be empty"),
         (MINIMAL + "[server]\ntoken = 'a b'", "server.token: must be printable ASCII"),

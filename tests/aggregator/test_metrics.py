@@ -79,6 +79,7 @@ def test_admission_figures_are_read_at_scrape_time() -> None:
     assert "aggregator_queries_waiting 1.0" in text
     assert 'aggregator_queries_shed_total{reason="queue_full"} 1.0' in text
     assert "aggregator_queries_admitted_total 1.0" in text
+    assert "aggregator_admission_limit 1.0" in text
 
 
 def test_registries_are_per_instance() -> None:
