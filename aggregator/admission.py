@@ -32,6 +32,9 @@ from aggregator.errors import Overloaded
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_LOOP_BUSY",
+    "DEFAULT_MAX_LOOP_LAG_MS",
+    "DEFAULT_MAX_QUEUE_WAIT_MS",
     "DEFAULT_MAX_WAITING",
     "DEFAULT_MIN_BUDGET_MS",
     "Admission",
@@ -65,13 +68,27 @@ DEFAULT_MAX_WAITING = 8
 DEFAULT_MIN_BUDGET_MS = 5.0
 #: Event-loop lag above which the in-flight limit is lowered, in milliseconds.
 #:
-#: Why a loop-lag signal: the aggregator's work per query is CPU on one event loop, so when the
+#: Why loop signals: the aggregator's work per query is CPU on one event loop, so when the
 #: process is short of CPU, every callback waits behind the others: admitted queries overrun
 #: their deadlines and even a 503 waits its turn (measured: shed p99 34-80 ms at 5x capacity
-#: with a fixed limit of 8). The lag of a periodic timer is that wait, read directly. 2 ms
-#: keeps a shed answer within a few milliseconds while a healthy loop (lag well under 1 ms)
-#: never triggers it.
+#: with a fixed limit of 8). The lag of a periodic timer is that wait, read directly; 2 ms
+#: keeps a shed answer within a few milliseconds.
 DEFAULT_MAX_LOOP_LAG_MS = 2.0
+#: Share of the loop thread's time spent on CPU above which the limit is lowered too.
+#:
+#: Why also the busy share: uvloop's timers fire on whole milliseconds, so a lag sample is
+#: coarse (0, 1 or 2 ms) and a loop can be 85% busy with most samples reading 0, while a
+#: queue of ready callbacks at that load already costs a 503 tens of milliseconds at its
+#: p99. CPU time per wall time is exact, and at 70% the wait behind the loop stays short.
+DEFAULT_MAX_LOOP_BUSY = 0.7
+#: Longest a query waits for a slot, in milliseconds, whatever its deadline.
+#:
+#: Why a bound apart from the deadline: a query that waits and is then shed has had the
+#: slowest possible 503 (measured: with waits bounded only by the deadline, the 1% of sheds
+#: that came after waiting took 41-108 ms at 5x capacity). Bounding the time in the queue, as
+#: CoDel bounds a packet's sojourn, keeps every 503 fast; the queue still absorbs bursts,
+#: since at the default limits a slot frees about every millisecond under load.
+DEFAULT_MAX_QUEUE_WAIT_MS = 3.0
 #: Weight of the newest query's slot-holding time in the running estimate (EWMA).
 _HOLD_EWMA_ALPHA = 0.1
 #: Share of the in-flight limit kept when the loop lags (multiplicative decrease).
@@ -93,6 +110,7 @@ class ShedReason(StrEnum):
     QUEUE_FULL = "queue_full"
     EVICTED = "evicted"
     DEADLINE = "deadline"
+    QUEUE_TIMEOUT = "queue_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +121,10 @@ class AdmissionLimits:
     ``min_budget_ms`` (>= 0) is the budget a query must still have when it gets its slot;
     ``retry_after_s`` (> 0) is the least a shed client is told to wait before retrying.
     ``max_loop_lag_ms`` (> 0, or ``None`` for a fixed limit): event-loop lag above which the
-    limit on queries in flight is lowered below ``max_in_flight`` (see
-    :meth:`AdmissionQueue.on_loop_lag`).
+    limit on queries in flight is lowered below ``max_in_flight``; ``max_loop_busy`` (in
+    (0, 1]): the same for the loop thread's busy share (see
+    :meth:`AdmissionQueue.on_loop_sample`). ``max_queue_wait_ms`` (>= 0): longest a query
+    waits for a slot before it is shed, however much budget it has.
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -112,6 +132,8 @@ class AdmissionLimits:
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
     retry_after_s: float = 1.0
     max_loop_lag_ms: float | None = DEFAULT_MAX_LOOP_LAG_MS
+    max_loop_busy: float = DEFAULT_MAX_LOOP_BUSY
+    max_queue_wait_ms: float = DEFAULT_MAX_QUEUE_WAIT_MS
 
     def __post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int):
@@ -130,6 +152,12 @@ class AdmissionLimits:
             raise ValueError(
                 f"max_loop_lag_ms must be finite and > 0, or None, got {self.max_loop_lag_ms!r}"
             )
+        if not 0 <= self.max_queue_wait_ms < math.inf:
+            raise ValueError(
+                f"max_queue_wait_ms must be finite and >= 0, got {self.max_queue_wait_ms!r}"
+            )
+        if not 0 < self.max_loop_busy <= 1:
+            raise ValueError(f"max_loop_busy must be in (0, 1], got {self.max_loop_busy!r}")
 
 
 @dataclass(eq=False, slots=True)
@@ -137,8 +165,9 @@ class Ticket:
     """One query's claim on a slot. Compared by identity.
 
     ``start_by_s`` is the last instant at which starting the query is still worth it (its
-    deadline minus the minimum budget, or minus half its budget when that is smaller);
-    ``reason`` says why a shed ticket was shed.
+    deadline minus the minimum budget, or minus half its budget when that is smaller), or the
+    end of the longest wait for a slot if that comes first (``wait_bounded``); ``reason``
+    says why a shed ticket was shed.
     """
 
     client: str
@@ -147,6 +176,7 @@ class Ticket:
     seq: int
     state: TicketState = TicketState.WAITING
     admitted_at_s: float | None = None
+    wait_bounded: bool = False
     shed_reason: ShedReason | None = None
     reason: str | None = None
     waker: asyncio.Future[None] | None = field(default=None, repr=False)
@@ -262,8 +292,10 @@ class AdmissionQueue:
         # what the query has left, so a small budget the API accepts (say 2 ms) still runs.
         reserve_s = min(self.limits.min_budget_ms / 1000.0, deadline.remaining_s(now) / 2.0)
         start_by_s = deadline.expires_at_s - reserve_s
+        wait_until_s = now + self.limits.max_queue_wait_ms / 1000.0
         self._seq += 1
-        ticket = Ticket(client, start_by_s, now, self._seq)
+        ticket = Ticket(client, min(start_by_s, wait_until_s), now, self._seq)
+        ticket.wait_bounded = wait_until_s < start_by_s
         if deadline.is_expired(now):
             self._shed(ticket, ShedReason.DEADLINE, "the query's budget is already spent")
             return ticket, []
@@ -273,12 +305,13 @@ class AdmissionQueue:
             return ticket, []
         # Shed now what would only time out in the queue: a fast 503 beats a slow one.
         wait_s = self.estimated_wait_s()
-        if now + wait_s >= start_by_s:
+        if now + wait_s >= ticket.start_by_s:
+            if ticket.wait_bounded:
+                reason, after = ShedReason.QUEUE_TIMEOUT, "longer than a query may wait"
+            else:
+                reason, after = ShedReason.DEADLINE, "after the query's deadline"
             self._shed(
-                ticket,
-                ShedReason.DEADLINE,
-                f"overloaded: a slot is expected in {wait_s * 1000:.0f} ms, "
-                "after the query's deadline",
+                ticket, reason, f"overloaded: a slot is expected in {wait_s * 1000:.0f} ms, {after}"
             )
             return ticket, []
         evicted: list[Ticket] = []
@@ -326,31 +359,36 @@ class AdmissionQueue:
             entry = self._clients[name]
             for ticket in [t for t in entry.waiting if now >= t.start_by_s]:
                 self._remove_waiting(ticket)
-                self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+                self._shed_late(ticket)
                 shed.append(ticket)
         return shed
 
-    def on_loop_lag(self, lag_s: float) -> list[Ticket]:
-        """One sample of the event loop's lag: adapt the in-flight limit; return the tickets
-        admitted (or shed) because it rose.
+    def on_loop_sample(self, lag_s: float, busy_share: float = 0.0) -> list[Ticket]:
+        """One sample of the event loop (its lag, and its thread's busy share since the last
+        sample): adapt the in-flight limit; return the tickets admitted because it rose.
 
         Additive increase, multiplicative decrease, as TCP and adaptive concurrency limiters
-        do: a lag over ``max_loop_lag_ms`` cuts the limit to three quarters (at least 1); a lag
-        under half of it, while the limit is what holds queries back (every slot taken), raises
-        it by one, up to ``max_in_flight``. Queries already running keep their slots. Nothing
-        changes when ``max_loop_lag_ms`` is ``None``.
+        do, and only while the limit is what holds queries back (every slot taken, or some
+        waiting), so a service below its capacity never sheds for it: a lag over
+        ``max_loop_lag_ms`` or a busy share over ``max_loop_busy`` cuts the limit to three
+        quarters (at least 1); a lag under half of the first and a busy share a tenth under
+        the second raise it by one, up to ``max_in_flight``. Queries already running keep
+        their slots. Nothing changes when ``max_loop_lag_ms`` is ``None``.
         """
-        target_ms = self.limits.max_loop_lag_ms
+        limits = self.limits
+        target_ms = limits.max_loop_lag_ms
         if target_ms is None:
             return []
+        if self._in_flight < self._limit and self._waiting == 0:
+            return []
         lag_ms = lag_s * 1000.0
-        if lag_ms > target_ms:
+        if lag_ms > target_ms or busy_share > limits.max_loop_busy:
             self._limit = max(1, int(self._limit * _LIMIT_DECREASE))
             return []
         if (
             lag_ms < target_ms / 2.0
-            and self._limit < self.limits.max_in_flight
-            and self._in_flight >= self._limit
+            and busy_share < limits.max_loop_busy - 0.1
+            and self._limit < limits.max_in_flight
         ):
             self._limit += 1
             return self._grant(self.clock.now_s())
@@ -364,7 +402,7 @@ class AdmissionQueue:
         """
         if ticket.state is TicketState.WAITING:
             self._remove_waiting(ticket)
-            self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+            self._shed_late(ticket)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -391,6 +429,13 @@ class AdmissionQueue:
         ticket.reason = message
         self.shed_total[reason] += 1
 
+    def _shed_late(self, ticket: Ticket) -> None:
+        """Shed a waiter whose ``start_by_s`` has come."""
+        if ticket.wait_bounded:
+            self._shed(ticket, ShedReason.QUEUE_TIMEOUT, _WAITED_TOO_LONG)
+        else:
+            self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+
     def _remove_waiting(self, ticket: Ticket) -> None:
         entry = self._clients[ticket.client]
         entry.waiting.remove(ticket)
@@ -415,7 +460,7 @@ class AdmissionQueue:
             ticket = best.waiting.popleft()
             self._waiting -= 1
             if now >= ticket.start_by_s:
-                self._shed(ticket, ShedReason.DEADLINE, _TOO_LATE)
+                self._shed_late(ticket)
                 self._forget_if_idle(ticket.client, best)
             else:
                 self._admit(ticket, best, now)
@@ -443,6 +488,7 @@ def _is_admitted(ticket: Ticket) -> bool:
 
 
 _TOO_LATE = "overloaded: the query waited for a slot until its deadline could not be met"
+_WAITED_TOO_LONG = "overloaded: no slot freed within the longest wait allowed"
 
 
 class Admission:
@@ -494,9 +540,9 @@ class Admission:
         """Give back what ``ticket`` holds and wake whoever that lets in."""
         self._wake(self.queue.release(ticket))
 
-    def on_loop_lag(self, lag_s: float) -> None:
-        """Feed one event-loop lag sample to the adaptive limit; wake whoever it lets in."""
-        self._wake(self.queue.on_loop_lag(lag_s))
+    def on_loop_sample(self, lag_s: float, busy_share: float = 0.0) -> None:
+        """Feed one event-loop sample to the adaptive limit; wake whoever it lets in."""
+        self._wake(self.queue.on_loop_sample(lag_s, busy_share))
 
     async def _wait(self, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()

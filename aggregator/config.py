@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 from aggregator.admission import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LOOP_LAG_MS,
+    DEFAULT_MAX_QUEUE_WAIT_MS,
     DEFAULT_MAX_WAITING,
     DEFAULT_MIN_BUDGET_MS,
     AdmissionLimits,
@@ -157,12 +158,14 @@ class LimitsConfig:
     sending a complete request (idle keep-alive, or a request head that never ends) before it
     is closed, so stalled clients cannot pile up connections. ``max_loop_lag_ms``: event-loop
     lag above which admission lowers its limit on queries in flight (0: a fixed limit).
+    ``max_queue_wait_ms``: longest a query waits for an admission slot before it is shed.
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_waiting: int = DEFAULT_MAX_WAITING
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
     max_loop_lag_ms: float = DEFAULT_MAX_LOOP_LAG_MS
+    max_queue_wait_ms: float = DEFAULT_MAX_QUEUE_WAIT_MS
     max_inflight_per_shard: int = 64
     max_connections_per_shard: int = 32
     max_reply_bytes: int = 4 * 1024 * 1024
@@ -180,6 +183,7 @@ class LimitsConfig:
             max_waiting=self.max_waiting,
             min_budget_ms=self.min_budget_ms,
             max_loop_lag_ms=self.max_loop_lag_ms or None,
+            max_queue_wait_ms=self.max_queue_wait_ms,
         )
 
 
@@ -495,7 +499,7 @@ class _Reader:
             return self.integer(path, value, low=low, high=high)
         if key == "min_budget_ms":
             return self.number(path, value, low=0.0, high=MAX_BUDGET_MS)
-        if key == "max_loop_lag_ms":  # 0: a fixed in-flight limit
+        if key in ("max_loop_lag_ms", "max_queue_wait_ms"):  # lag 0: a fixed in-flight limit
             return self.number(path, value, low=0.0, high=60_000.0)
         if key == "idle_timeout_ms":  # 0 would mean "never": not allowed
             return self.number(path, value, low=0.0, high=600_000.0, low_open=True)

@@ -38,6 +38,7 @@ own state at scrape time, per replica (``replica`` is the index within the shard
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -431,17 +432,20 @@ def _round(value: float | None) -> float | None:
 
 
 class LoopLagMonitor:
-    """Measures event-loop lag: sleeps ``interval_s``, records how late it woke.
+    """Measures the event loop: sleeps ``interval_s``, records how late it woke and how busy
+    the loop's thread was meanwhile.
 
     A loop busy with CPU work (or blocked by a synchronous call) wakes timers late; the
-    lateness is what every query waiting on the loop pays too. ``record`` gets each sample in
-    seconds. Run :meth:`run` as a task owned by the app's lifecycle; it ends only when
-    cancelled.
+    lateness is what every query waiting on the loop pays too. The busy share is the loop
+    thread's CPU time over the wall time of the interval (``time.thread_time`` over
+    ``time.perf_counter``): unlike the lag, it is exact even where timers fire on whole
+    milliseconds (uvloop). ``record(lag_s, busy_share)`` gets each sample. Run :meth:`run` as
+    a task owned by the app's lifecycle; it ends only when cancelled.
     """
 
     __slots__ = ("interval_s", "record", "samples")
 
-    def __init__(self, record: Callable[[float], None], interval_s: float = 0.1) -> None:
+    def __init__(self, record: Callable[[float, float], None], interval_s: float = 0.1) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
         self.record = record
@@ -453,6 +457,10 @@ class LoopLagMonitor:
         loop = asyncio.get_running_loop()
         while True:
             started_s = loop.time()
+            wall_s, cpu_s = time.perf_counter(), time.thread_time()
             await asyncio.sleep(self.interval_s)
-            self.record(max(0.0, loop.time() - started_s - self.interval_s))
+            lag_s = max(0.0, loop.time() - started_s - self.interval_s)
+            spent_wall_s = time.perf_counter() - wall_s
+            busy = (time.thread_time() - cpu_s) / spent_wall_s if spent_wall_s > 0 else 0.0
+            self.record(lag_s, min(1.0, max(0.0, busy)))
             self.samples += 1

@@ -454,9 +454,9 @@ class _Service:
         observe = self.metrics.observe_loop_lag
         admission = self.admission
 
-        def record(lag_s: float) -> None:
+        def record(lag_s: float, busy_share: float) -> None:
             observe(lag_s)
-            admission.on_loop_lag(lag_s)
+            admission.on_loop_sample(lag_s, busy_share)
 
         monitor = LoopLagMonitor(record, self.settings.loop_lag_interval_s)
         self.lag_monitor = monitor

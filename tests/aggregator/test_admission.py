@@ -18,10 +18,19 @@ from aggregator.admission import (
 
 
 def _queue(
-    max_in_flight: int = 2, max_waiting: int = 2, min_budget_ms: float = 0.0
+    max_in_flight: int = 2,
+    max_waiting: int = 2,
+    min_budget_ms: float = 0.0,
+    max_queue_wait_ms: float = 60_000.0,
 ) -> tuple[AdmissionQueue, ManualClock]:
+    """A queue on a manual clock; waits are bounded by deadlines only unless told otherwise."""
     clock = ManualClock(100.0)
-    limits = AdmissionLimits(max_in_flight, max_waiting, min_budget_ms=min_budget_ms)
+    limits = AdmissionLimits(
+        max_in_flight,
+        max_waiting,
+        min_budget_ms=min_budget_ms,
+        max_queue_wait_ms=max_queue_wait_ms,
+    )
     return AdmissionQueue(limits, clock), clock
 
 
@@ -207,6 +216,8 @@ def test_releasing_a_waiting_ticket_leaves_the_queue() -> None:
         {"retry_after_s": 0.0},
         {"max_in_flight": True},
         {"max_loop_lag_ms": 0.0},
+        {"max_loop_busy": 0.0},
+        {"max_queue_wait_ms": -1.0},
     ],
 )
 def test_limits_reject_nonsense(kwargs: dict[str, object]) -> None:
@@ -215,47 +226,110 @@ def test_limits_reject_nonsense(kwargs: dict[str, object]) -> None:
         AdmissionLimits(**kwargs)  # type: ignore[arg-type]
 
 
-def test_loop_lag_lowers_the_limit_to_three_quarters_down_to_one() -> None:
-    """Each lag sample over max_loop_lag_ms cuts the limit to 3/4 (8, 6, 4, 3, 2, 1, 1);
-    arrivals over the lowered limit wait, and running queries keep their slots."""
+def test_a_waiter_is_shed_after_the_longest_wait_however_long_its_deadline() -> None:
+    """With max_queue_wait_ms = 3, a waiter with a minute of budget is shed 3 ms after it
+    arrived (reason queue_timeout); one admitted within 3 ms runs."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=4, max_queue_wait_ms=3.0)
+    running = _arrive(queue, clock, "a")
+    soon = _arrive(queue, clock, "b")
+    clock.advance(0.002)
+    assert queue.release(running) == [soon]
+    assert soon.state is TicketState.ADMITTED
+    late = _arrive(queue, clock, "c")
+    clock.advance(0.003)
+    assert queue.expire() == [late]
+    assert late.shed_reason is ShedReason.QUEUE_TIMEOUT
+    assert late.reason is not None
+    assert "longest wait" in late.reason
+
+
+def test_a_predicted_wait_over_the_longest_wait_is_shed_on_arrival() -> None:
+    """Once slots are known to be held ~10 ms, a newcomer that would wait past the 3 ms bound
+    is shed at once with reason queue_timeout, not queued."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=4, max_queue_wait_ms=3.0)
+    for _ in range(20):
+        ticket = _arrive(queue, clock, "a")
+        clock.advance(0.010)
+        queue.release(ticket)
+    _arrive(queue, clock, "a")
+    newcomer = _arrive(queue, clock, "b")
+    assert newcomer.state is TicketState.SHED
+    assert newcomer.shed_reason is ShedReason.QUEUE_TIMEOUT
+
+
+def _saturate(queue: AdmissionQueue, clock: ManualClock) -> list[Ticket]:
+    """Take every slot the queue's limit allows, so the limit is what holds queries back."""
+    return [_arrive(queue, clock, "a") for _ in range(queue.limit)]
+
+
+def test_a_lagging_or_busy_loop_cuts_the_limit_to_three_quarters_down_to_one() -> None:
+    """While every slot is taken, each sample with lag over max_loop_lag_ms or a busy share
+    over max_loop_busy cuts the limit to 3/4 (8, 6, 4, 3, 2, 1, 1); running queries keep
+    their slots and new arrivals wait."""
     queue, clock = _queue(max_in_flight=8, max_waiting=8)
-    running = [_arrive(queue, clock, "a") for _ in range(3)]
+    running = _saturate(queue, clock)
     limits = []
-    for _ in range(6):
-        assert queue.on_loop_lag(0.005) == []
+    for lag_s, busy in [(0.005, 0.0), (0.0, 0.9), (0.005, 0.9), (0.003, 0.0), (0.0, 0.8)]:
+        assert queue.on_loop_sample(lag_s, busy) == []
         limits.append(queue.limit)
+    queue.on_loop_sample(0.010, 1.0)
+    limits.append(queue.limit)
     assert limits == [6, 4, 3, 2, 1, 1]
     assert all(t.state is TicketState.ADMITTED for t in running)
     assert _arrive(queue, clock, "b").state is TicketState.WAITING
 
 
-def test_a_quiet_loop_raises_the_limit_by_one_while_it_binds() -> None:
-    """Lag under half the target raises the limit by one and admits a waiter at once; it
-    does not rise while slots are free, nor past max_in_flight."""
-    queue, clock = _queue(max_in_flight=3, max_waiting=4)
-    queue.on_loop_lag(0.010)
-    queue.on_loop_lag(0.010)
-    assert queue.limit == 1
-    assert queue.on_loop_lag(0.0) == []  # nothing runs: the limit is not what holds back
-    assert queue.limit == 1
+def test_below_its_limit_a_busy_loop_changes_nothing() -> None:
+    """With slots free and nobody waiting, even a saturated loop leaves the limit alone: a
+    service under its capacity never sheds for loop load."""
+    queue, clock = _queue(max_in_flight=8, max_waiting=8)
     _arrive(queue, clock, "a")
+    queue.on_loop_sample(0.050, 1.0)
+    assert queue.limit == 8
+
+
+def test_a_quiet_loop_raises_the_limit_by_one_while_it_binds() -> None:
+    """Low lag and busy share raise the limit by one per sample and admit a waiter at once,
+    up to max_in_flight; a sample between the bounds holds it."""
+    queue, clock = _queue(max_in_flight=3, max_waiting=4)
+    _saturate(queue, clock)
+    queue.on_loop_sample(0.010, 0.0)
+    queue.on_loop_sample(0.010, 0.0)
+    assert queue.limit == 1
     waiter = _arrive(queue, clock, "b")
     assert waiter.state is TicketState.WAITING
-    assert queue.on_loop_lag(0.0005) == [waiter]
-    assert (queue.limit, waiter.state) == (2, TicketState.ADMITTED)
-    assert queue.on_loop_lag(0.0015) == []  # between half the target and the target: hold
+    assert queue.on_loop_sample(0.0015, 0.3) == []  # lag between half the target and it
+    assert queue.on_loop_sample(0.0, 0.65) == []  # busy within a tenth of the bound
+    assert queue.limit == 1
+    others = [_arrive(queue, clock, "c") for _ in range(3)]
+    assert queue.on_loop_sample(0.0005, 0.2) == []  # 3 still run: the limit rises, no room
     assert queue.limit == 2
-    _arrive(queue, clock, "c")
-    queue.on_loop_lag(0.0)
-    _arrive(queue, clock, "d")
-    assert queue.on_loop_lag(0.0) == []
+    queue.on_loop_sample(0.0, 0.2)
+    queue.on_loop_sample(0.0, 0.2)
     assert queue.limit == 3
+    assert [t.state for t in [waiter, *others]] == ["waiting"] * 4
 
 
-def test_a_fixed_limit_ignores_loop_lag() -> None:
-    """With max_loop_lag_ms = None the limit stays at max_in_flight whatever the lag."""
+def test_a_raised_limit_admits_waiters_at_once() -> None:
+    """When the limit rises above the queries running, the next waiter is admitted."""
+    queue, clock = _queue(max_in_flight=2, max_waiting=2)
+    first, second = _saturate(queue, clock)
+    queue.on_loop_sample(0.010, 0.0)
+    assert queue.limit == 1
+    queue.release(second)
+    waiter = _arrive(queue, clock, "b")
+    assert waiter.state is TicketState.WAITING
+    assert queue.on_loop_sample(0.0, 0.0) == [waiter]
+    assert (queue.limit, waiter.state) == (2, TicketState.ADMITTED)
+    assert first.state is TicketState.ADMITTED
+
+
+def test_a_fixed_limit_ignores_the_loop() -> None:
+    """With max_loop_lag_ms = None the limit stays at max_in_flight whatever the loop does."""
     queue = AdmissionQueue(AdmissionLimits(4, 4, max_loop_lag_ms=None), ManualClock())
-    queue.on_loop_lag(1.0)
+    for _ in range(4):
+        queue.arrive("a", Deadline.after(0.0, 60_000))
+    queue.on_loop_sample(1.0, 1.0)
     assert queue.limit == 4
 
 
@@ -265,7 +339,9 @@ def test_a_fixed_limit_ignores_loop_lag() -> None:
 @pytest.mark.looptime
 async def test_waiter_runs_when_a_slot_frees() -> None:
     """A waiting query starts the moment a running one releases its slot."""
-    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=0))
+    admission = Admission(
+        AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=0, max_queue_wait_ms=60_000)
+    )
     loop = asyncio.get_running_loop()
     deadline = Deadline.after(loop.time(), 10_000)
     started: list[float] = []
@@ -284,7 +360,9 @@ async def test_waiter_runs_when_a_slot_frees() -> None:
 @pytest.mark.looptime
 async def test_waiter_is_shed_when_its_deadline_can_no_longer_be_met() -> None:
     """A waiter gets Overloaded at deadline minus the minimum budget, not later."""
-    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=5))
+    admission = Admission(
+        AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=5, max_queue_wait_ms=60_000)
+    )
     loop = asyncio.get_running_loop()
     holder = await admission.acquire("a", Deadline.after(loop.time(), 10_000))
     t0 = loop.time()
@@ -300,7 +378,9 @@ async def test_waiter_is_shed_when_its_deadline_can_no_longer_be_met() -> None:
 @pytest.mark.looptime
 async def test_cancelled_waiter_gives_up_its_place() -> None:
     """Cancelling a waiting query removes it from the queue; cancellation propagates."""
-    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=0))
+    admission = Admission(
+        AdmissionLimits(max_in_flight=1, max_waiting=1, min_budget_ms=0, max_queue_wait_ms=60_000)
+    )
     loop = asyncio.get_running_loop()
     holder = await admission.acquire("a", Deadline.after(loop.time(), 10_000))
     waiter = asyncio.create_task(admission.acquire("b", Deadline.after(loop.time(), 10_000)))
@@ -317,7 +397,9 @@ async def test_cancelled_waiter_gives_up_its_place() -> None:
 @pytest.mark.looptime
 async def test_evicted_waiter_is_woken_with_overloaded() -> None:
     """A waiter evicted by longest-queue drop learns it at once, not at its deadline."""
-    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=2, min_budget_ms=0))
+    admission = Admission(
+        AdmissionLimits(max_in_flight=1, max_waiting=2, min_budget_ms=0, max_queue_wait_ms=60_000)
+    )
     loop = asyncio.get_running_loop()
     far = Deadline.after(loop.time(), 10_000)
     holder = await admission.acquire("a", far)
@@ -335,3 +417,17 @@ async def test_evicted_waiter_is_woken_with_overloaded() -> None:
     assert second.client == "b"
     admission.release(second)
     assert admission.queue.clients == 0
+
+
+@pytest.mark.looptime
+async def test_waiter_is_shed_at_the_longest_wait() -> None:
+    """A waiter with ten seconds of budget gets Overloaded 3 ms after it started waiting."""
+    admission = Admission(AdmissionLimits(max_in_flight=1, max_waiting=1, max_queue_wait_ms=3))
+    loop = asyncio.get_running_loop()
+    holder = await admission.acquire("a", Deadline.after(loop.time(), 10_000))
+    t0 = loop.time()
+    with pytest.raises(Overloaded, match="longest wait"):
+        await admission.acquire("b", Deadline.after(t0, 10_000))
+    assert loop.time() - t0 == pytest.approx(0.003)
+    admission.release(holder)
+    assert admission.queue.shed_total[ShedReason.QUEUE_TIMEOUT] == 1

@@ -70,6 +70,7 @@ max_in_flight = 8
 max_waiting = 0
 min_budget_ms = 1.5
 max_loop_lag_ms = 0
+max_queue_wait_ms = 10
 shutdown_grace_ms = 100
 """
     )
@@ -78,7 +79,9 @@ shutdown_grace_ms = 100
     assert (config.limits.max_in_flight, config.limits.max_waiting) == (8, 0)
     assert config.limits.min_budget_ms == 1.5
     assert config.limits.shutdown_grace_ms == 100.0
-    assert config.limits.admission() == AdmissionLimits(8, 0, 1.5, max_loop_lag_ms=None)
+    assert config.limits.admission() == AdmissionLimits(
+        8, 0, 1.5, max_loop_lag_ms=None, max_queue_wait_ms=10.0
+    )
     assert LimitsConfig().admission().max_loop_lag_ms == DEFAULT_MAX_LOOP_LAG_MS
 
 

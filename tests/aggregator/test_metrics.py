@@ -103,7 +103,13 @@ def test_loop_lag_samples_feed_the_histogram_and_the_maximum() -> None:
 async def test_lag_monitor_samples_every_interval_until_cancelled() -> None:
     """One sample per interval (zero lag on an idle loop); cancelling stops the monitor."""
     samples: list[float] = []
-    monitor = LoopLagMonitor(samples.append, interval_s=0.1)
+    busy: list[float] = []
+
+    def record(lag_s: float, busy_share: float) -> None:
+        samples.append(lag_s)
+        busy.append(busy_share)
+
+    monitor = LoopLagMonitor(record, interval_s=0.1)
     task = asyncio.create_task(monitor.run())
     await asyncio.sleep(1.05)
     task.cancel()
@@ -111,9 +117,10 @@ async def test_lag_monitor_samples_every_interval_until_cancelled() -> None:
     assert task.cancelled()
     assert len(samples) == monitor.samples == 10
     assert samples == pytest.approx([0.0] * 10, abs=1e-9)
+    assert all(0.0 <= b <= 1.0 for b in busy)
 
 
 def test_lag_monitor_rejects_a_zero_interval() -> None:
     """A monitor needs a positive interval."""
     with pytest.raises(ValueError, match="interval_s"):
-        LoopLagMonitor(lambda lag: None, interval_s=0.0)
+        LoopLagMonitor(lambda lag, busy: None, interval_s=0.0)
