@@ -34,7 +34,6 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_LOOP_BUSY",
     "DEFAULT_MAX_LOOP_LAG_MS",
-    "DEFAULT_MAX_QUEUE_WAIT_MS",
     "DEFAULT_MAX_WAITING",
     "DEFAULT_MIN_BUDGET_MS",
     "Admission",
@@ -81,14 +80,6 @@ DEFAULT_MAX_LOOP_LAG_MS = 2.0
 #: queue of ready callbacks at that load already costs a 503 tens of milliseconds at its
 #: p99. CPU time per wall time is exact, and at 70% the wait behind the loop stays short.
 DEFAULT_MAX_LOOP_BUSY = 0.7
-#: Longest a query waits for a slot, in milliseconds, whatever its deadline.
-#:
-#: Why a bound apart from the deadline: a query that waits and is then shed has had the
-#: slowest possible 503 (measured: with waits bounded only by the deadline, the 1% of sheds
-#: that came after waiting took 41-108 ms at 5x capacity). Bounding the time in the queue, as
-#: CoDel bounds a packet's sojourn, keeps every 503 fast; the queue still absorbs bursts,
-#: since at the default limits a slot frees about every millisecond under load.
-DEFAULT_MAX_QUEUE_WAIT_MS = 3.0
 #: Weight of the newest query's slot-holding time in the running estimate (EWMA).
 _HOLD_EWMA_ALPHA = 0.1
 #: Share of the in-flight limit kept when the loop lags (multiplicative decrease).
@@ -123,8 +114,11 @@ class AdmissionLimits:
     ``max_loop_lag_ms`` (> 0, or ``None`` for a fixed limit): event-loop lag above which the
     limit on queries in flight is lowered below ``max_in_flight``; ``max_loop_busy`` (in
     (0, 1]): the same for the loop thread's busy share (see
-    :meth:`AdmissionQueue.on_loop_sample`). ``max_queue_wait_ms`` (>= 0): longest a query
-    waits for a slot before it is shed, however much budget it has.
+    :meth:`AdmissionQueue.on_loop_sample`). ``max_queue_wait_ms`` (>= 0, or ``None``: only
+    the deadline bounds the wait): longest a query waits for a slot before it is shed,
+    however much budget it has. Off by default: at 3 ms, the overload soak's sheds got
+    slower at the median (most waited the 3 ms out first) and bursts at half the capacity
+    were shed (bench/RESULTS.md).
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -133,7 +127,7 @@ class AdmissionLimits:
     retry_after_s: float = 1.0
     max_loop_lag_ms: float | None = DEFAULT_MAX_LOOP_LAG_MS
     max_loop_busy: float = DEFAULT_MAX_LOOP_BUSY
-    max_queue_wait_ms: float = DEFAULT_MAX_QUEUE_WAIT_MS
+    max_queue_wait_ms: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int):
@@ -152,9 +146,10 @@ class AdmissionLimits:
             raise ValueError(
                 f"max_loop_lag_ms must be finite and > 0, or None, got {self.max_loop_lag_ms!r}"
             )
-        if not 0 <= self.max_queue_wait_ms < math.inf:
+        if self.max_queue_wait_ms is not None and not 0 <= self.max_queue_wait_ms < math.inf:
             raise ValueError(
-                f"max_queue_wait_ms must be finite and >= 0, got {self.max_queue_wait_ms!r}"
+                f"max_queue_wait_ms must be finite and >= 0, or None, "
+                f"got {self.max_queue_wait_ms!r}"
             )
         if not 0 < self.max_loop_busy <= 1:
             raise ValueError(f"max_loop_busy must be in (0, 1], got {self.max_loop_busy!r}")
@@ -292,7 +287,8 @@ class AdmissionQueue:
         # what the query has left, so a small budget the API accepts (say 2 ms) still runs.
         reserve_s = min(self.limits.min_budget_ms / 1000.0, deadline.remaining_s(now) / 2.0)
         start_by_s = deadline.expires_at_s - reserve_s
-        wait_until_s = now + self.limits.max_queue_wait_ms / 1000.0
+        max_wait_ms = self.limits.max_queue_wait_ms
+        wait_until_s = math.inf if max_wait_ms is None else now + max_wait_ms / 1000.0
         self._seq += 1
         ticket = Ticket(client, min(start_by_s, wait_until_s), now, self._seq)
         ticket.wait_bounded = wait_until_s < start_by_s

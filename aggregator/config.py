@@ -48,7 +48,6 @@ from urllib.parse import urlsplit
 from aggregator.admission import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_LOOP_LAG_MS,
-    DEFAULT_MAX_QUEUE_WAIT_MS,
     DEFAULT_MAX_WAITING,
     DEFAULT_MIN_BUDGET_MS,
     AdmissionLimits,
@@ -158,14 +157,15 @@ class LimitsConfig:
     sending a complete request (idle keep-alive, or a request head that never ends) before it
     is closed, so stalled clients cannot pile up connections. ``max_loop_lag_ms``: event-loop
     lag above which admission lowers its limit on queries in flight (0: a fixed limit).
-    ``max_queue_wait_ms``: longest a query waits for an admission slot before it is shed.
+    ``max_queue_wait_ms``: longest a query waits for an admission slot before it is shed
+    (unset: until its deadline can no longer be met).
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_waiting: int = DEFAULT_MAX_WAITING
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
     max_loop_lag_ms: float = DEFAULT_MAX_LOOP_LAG_MS
-    max_queue_wait_ms: float = DEFAULT_MAX_QUEUE_WAIT_MS
+    max_queue_wait_ms: float | None = None
     max_inflight_per_shard: int = 64
     max_connections_per_shard: int = 32
     max_reply_bytes: int = 4 * 1024 * 1024
