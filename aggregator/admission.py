@@ -76,10 +76,11 @@ DEFAULT_MAX_LOOP_LAG_MS = 2.0
 #: Share of the loop thread's time spent on CPU above which the limit is lowered too.
 #:
 #: Why also the busy share: uvloop's timers fire on whole milliseconds, so a lag sample is
-#: coarse (0, 1 or 2 ms) and a loop can be 85% busy with most samples reading 0, while a
-#: queue of ready callbacks at that load already costs a 503 tens of milliseconds at its
-#: p99. CPU time per wall time is exact, and at 70% the wait behind the loop stays short.
-DEFAULT_MAX_LOOP_BUSY = 0.7
+#: coarse (0, 1 or 2 ms) and a loop can be nearly saturated with most samples reading 0.
+#: CPU time per wall time is exact. Why 0.9 and not lower: at 0.7 the overload soak kept
+#: the loop at 0.64 cores but admitted 100-137 queries/s against 233 with the lag alone, and
+#: more of them came back partial (bench/RESULTS.md).
+DEFAULT_MAX_LOOP_BUSY = 0.9
 #: Weight of the newest query's slot-holding time in the running estimate (EWMA).
 _HOLD_EWMA_ALPHA = 0.1
 #: Share of the in-flight limit kept when the loop lags (multiplicative decrease).
