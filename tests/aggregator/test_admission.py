@@ -23,13 +23,15 @@ def _queue(
     min_budget_ms: float = 0.0,
     max_queue_wait_ms: float = 60_000.0,
 ) -> tuple[AdmissionQueue, ManualClock]:
-    """A queue on a manual clock; waits are bounded by deadlines only unless told otherwise."""
+    """A queue on a manual clock; waits are bounded by deadlines only unless told otherwise;
+    the loop's busy share is bounded at 0.7."""
     clock = ManualClock(100.0)
     limits = AdmissionLimits(
         max_in_flight,
         max_waiting,
         min_budget_ms=min_budget_ms,
         max_queue_wait_ms=max_queue_wait_ms,
+        max_loop_busy=0.7,
     )
     return AdmissionQueue(limits, clock), clock
 
