@@ -39,10 +39,12 @@ def test_opens_after_threshold_failures_within_the_window() -> None:
 
 
 def test_failures_older_than_the_window_do_not_count() -> None:
-    """Failures spread wider than the window never reach the threshold."""
+    """Failures spread wider than the window, each followed by a success, never reach the
+    threshold."""
     breaker, clock = _breaker(window_s=2.0)
     for _ in range(10):
         breaker.record_failure()
+        breaker.record_success()
         clock.advance(1.5)
     assert _state(breaker) is BreakerState.CLOSED
 
@@ -191,3 +193,32 @@ def test_failure_rate_is_validated() -> None:
     """A failure rate outside (0, 1] is rejected."""
     with pytest.raises(ValueError, match="failure_rate"):
         BreakerConfig(failure_rate=0.0)
+
+
+def test_a_run_of_failures_trips_a_replica_whose_window_is_full_of_successes() -> None:
+    """After 1,000 successes in the window, three failures in a row open the breaker at once
+    (the rate alone would need a thousand failures)."""
+    breaker, clock = _breaker(failure_threshold=3, window_s=10.0)
+    for _ in range(1000):
+        clock.advance(0.001)
+        breaker.record_success()
+    for _ in range(2):
+        breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_a_success_breaks_the_run_of_failures() -> None:
+    """Two failures, a success, two failures: no run of three, and the rate is under 50%
+    of a busy window, so the breaker stays closed."""
+    breaker, clock = _breaker(failure_threshold=3, window_s=10.0)
+    for _ in range(100):
+        breaker.record_success()
+    for verdict in ["fail", "fail", "ok", "fail", "fail", "ok"]:
+        clock.advance(0.001)
+        if verdict == "fail":
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
