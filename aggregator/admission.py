@@ -70,8 +70,8 @@ DEFAULT_MIN_BUDGET_MS = 5.0
 #: Why loop signals: the aggregator's work per query is CPU on one event loop, so when the
 #: process is short of CPU, every callback waits behind the others: admitted queries overrun
 #: their deadlines and even a 503 waits its turn (measured: shed p99 34-80 ms at 5x capacity
-#: with a fixed limit of 8). The lag of a periodic timer is that wait, read directly; 2 ms
-#: keeps a shed answer within a few milliseconds.
+#: with a fixed limit of 8). The lag of a periodic timer is that wait, read directly; a
+#: healthy loop shows 0-1 ms, so 2 ms means callbacks are queueing.
 DEFAULT_MAX_LOOP_LAG_MS = 2.0
 #: Share of the loop thread's time spent on CPU above which the limit is lowered too.
 #:
