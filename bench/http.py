@@ -50,12 +50,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
-import numpy as np
-import numpy.typing as npt
 from aiohttp import web
 
 from aggregator._cli import LOOP_CHOICES, run_loop
 from aggregator.wire import dump_json
+from bench.histogram import LatencyHistogram
 from bench.loadgen import (
     LoadResult,
     LoadSpec,
@@ -428,8 +427,11 @@ async def _slow_shard(
     measured = int(aggregator.measured.sum())
     # Where the overrun goes: the aggregator's own took_ms (from headers read to answer
     # built), and the client's time from the actual send (so without the generator's lag).
-    took_ms = aggregator.server_ms[aggregator.measured]
-    took_ms = took_ms[~np.isnan(took_ms)]
+    took = LatencyHistogram()
+    for took_ms in aggregator.server_ms[aggregator.measured].tolist():
+        if not math.isnan(took_ms):
+            took.record_s(took_ms / 1000.0)
+    server = took.summary()
     service = aggregator.service.summary()
     return {
         "slow_shard_rate_per_s": round(rate, 1),
@@ -441,9 +443,9 @@ async def _slow_shard(
         "slow_shard_p999_overrun_ms": round(agg.p999_ms - SLOW_DEADLINE_MS, 3),
         "slow_shard_max_overrun_ms": round(agg.max_ms - SLOW_DEADLINE_MS, 3),
         "slow_shard_from_send_p99_ms": round(service.p99_ms, 3),
-        "slow_shard_server_took_p50_ms": _percentile(took_ms, 50.0),
-        "slow_shard_server_took_p99_ms": _percentile(took_ms, 99.0),
-        "slow_shard_server_took_max_ms": _percentile(took_ms, 100.0),
+        "slow_shard_server_took_p50_ms": _ms_or_none(server.p50_ms),
+        "slow_shard_server_took_p99_ms": _ms_or_none(server.p99_ms),
+        "slow_shard_server_took_max_ms": _ms_or_none(server.max_ms),
         "slow_shard_partial_share": round(
             aggregator.count(RequestStatus.PARTIAL) / measured if measured else 0.0, 4
         ),
@@ -454,8 +456,9 @@ async def _slow_shard(
     }
 
 
-def _percentile(values: npt.NDArray[np.float64], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if len(values) else None
+def _ms_or_none(value_ms: float) -> float | None:
+    """A figure for the JSON report: ``None`` where nothing was measured (``nan``)."""
+    return None if math.isnan(value_ms) else round(value_ms, 3)
 
 
 def _describe(step: Step) -> str:

@@ -15,7 +15,6 @@ examples share it, which is the point (it must survive all of them).
 
 from __future__ import annotations
 
-import asyncio
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -42,6 +41,7 @@ from aggregator.service import (
 )
 from aggregator.types import MAX_K, MAX_QUERY_CHARS
 from tests.aggregator.fakes import ScriptedShard
+from tests.aggregator.raw_http import raw_exchange
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -441,30 +441,6 @@ async def test_server_keeps_serving_after_fuzzing(client: Client) -> None:
 
 
 # -- requests that break HTTP itself --------------------------------------------------------------
-
-
-async def raw_exchange(port: int, request: bytes) -> tuple[int, str, bytes]:
-    """Send ``request`` as is; return the status, content type and body of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(5):
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {
-                k.strip().lower(): v.strip()
-                for k, _, v in (line.partition(":") for line in lines[1:] if line)
-            }
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
-    return status, headers.get("content-type", "").split(";")[0], body
 
 
 def _get_line(target: bytes, extra: bytes = b"") -> bytes:

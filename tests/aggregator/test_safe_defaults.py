@@ -42,6 +42,7 @@ from aggregator.service import ServiceSettings, create_app, create_runner
 from shards.commands import serve as shards_serve_command
 from shards.local_cluster import LocalShardCluster
 from shards.sim import simulated_cluster
+from tests.aggregator.raw_http import raw_exchange
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -193,28 +194,6 @@ async def test_right_token_is_served_and_healthz_is_open(served: Served) -> None
     assert doc["status"] == "ok"
 
 
-async def _raw(port: int, request: bytes) -> tuple[int, str, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(10):
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {
-                k.strip().lower(): v.strip()
-                for k, _, v in (line.partition(":") for line in lines[1:] if line)
-            }
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
-    return int(lines[0].split()[1]), headers.get("content-type", ""), body
-
-
 _AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
 
 
@@ -237,7 +216,7 @@ OVER_LIMITS = {
 @pytest.mark.parametrize("request_bytes", OVER_LIMITS.values(), ids=OVER_LIMITS.keys())
 async def test_request_line_and_header_limits(served: Served, request_bytes: bytes) -> None:
     """Over the request line, header count or header size limit: a 4xx without a traceback."""
-    status, _, body = await _raw(served.port, request_bytes)
+    status, _, body = await raw_exchange(served.port, request_bytes)
     assert 400 <= status < 500
     assert b"Traceback" not in body
     status, _, _ = await _get(f"{served.base}/search?q=x", {"Authorization": f"Bearer {TOKEN}"})
@@ -255,7 +234,7 @@ async def test_body_limit(served: Served, chunked: bool) -> None:
     else:
         extra = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(payload)
         body = payload
-    status, content_type, answer = await _raw(
+    status, content_type, answer = await raw_exchange(
         served.port, _request(b"/search", extra, b"POST", body)
     )
     assert status == 413
