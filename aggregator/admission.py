@@ -13,7 +13,9 @@ Two layers, as everywhere in the project:
 Overflow policy: at most ``max_in_flight`` queries run and at most ``max_waiting`` wait; any
 excess is shed at once with :class:`~aggregator.errors.Overloaded` (HTTP 503 + Retry-After).
 A waiting query is shed as soon as its deadline can no longer be met, so the service never
-starts work that has already timed out.
+starts work that has already timed out. The queue is for bursts: once it has stood
+non-empty for ``standing_queue_ms``, the service is overloaded and arrivals that find no
+free slot are shed at once instead of queued, until none has been refused for as long.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_LOOP_LAG_MS",
     "DEFAULT_MAX_WAITING",
     "DEFAULT_MIN_BUDGET_MS",
+    "DEFAULT_STANDING_QUEUE_MS",
     "Admission",
     "AdmissionLimits",
     "AdmissionQueue",
@@ -81,6 +84,19 @@ DEFAULT_MAX_LOOP_LAG_MS = 2.0
 #: the loop at 0.64 cores but admitted 100-137 queries/s against 233 with the lag alone, and
 #: more of them came back partial (bench/RESULTS.md).
 DEFAULT_MAX_LOOP_BUSY = 0.9
+#: How long the wait queue may stay non-empty before the service counts as overloaded and
+#: stops queueing, in milliseconds (CoDel's "standing queue"; its default interval).
+#:
+#: Why: a queue absorbs bursts, and a burst drains; a queue that has not been empty for
+#: 100 ms is not a burst but more work arriving than the slots can take. Queueing then only
+#: delays the inevitable: waiters are shed anyway when their deadline can no longer be met,
+#: after waiting tens of milliseconds, and the overload soak measured exactly those slow
+#: 503s as its shed p99 (20-50 ms). While overloaded, an arrival that finds no free slot is
+#: shed at once, and the queue only drains; a 503 costs the client a round trip, not a wait.
+#: The state ends once no arrival has been refused for as long. This is the policy of
+#: "adaptive LIFO + CoDel" server queues (Maurer, "Fail at Scale", ACM Queue 2015) taken to
+#: its limit: a queue timeout of zero under overload.
+DEFAULT_STANDING_QUEUE_MS = 100.0
 #: Weight of the newest query's slot-holding time in the running estimate (EWMA).
 _HOLD_EWMA_ALPHA = 0.1
 #: Share of the in-flight limit kept when the loop lags (multiplicative decrease).
@@ -103,6 +119,7 @@ class ShedReason(StrEnum):
     EVICTED = "evicted"
     DEADLINE = "deadline"
     QUEUE_TIMEOUT = "queue_timeout"
+    OVERLOAD = "overload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +136,9 @@ class AdmissionLimits:
     the deadline bounds the wait): longest a query waits for a slot before it is shed,
     however much budget it has. Off by default: at 3 ms, the overload soak's sheds got
     slower at the median (most waited the 3 ms out first) and bursts at half the capacity
-    were shed (bench/RESULTS.md).
+    were shed (bench/RESULTS.md). ``standing_queue_ms`` (> 0, or ``None`` to always queue):
+    how long the wait queue may stay non-empty before arrivals that find no free slot are
+    shed at once instead of queued (see :data:`DEFAULT_STANDING_QUEUE_MS`).
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -129,6 +148,7 @@ class AdmissionLimits:
     max_loop_lag_ms: float | None = DEFAULT_MAX_LOOP_LAG_MS
     max_loop_busy: float = DEFAULT_MAX_LOOP_BUSY
     max_queue_wait_ms: float | None = None
+    standing_queue_ms: float | None = DEFAULT_STANDING_QUEUE_MS
 
     def __post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int):
@@ -154,6 +174,10 @@ class AdmissionLimits:
             )
         if not 0 < self.max_loop_busy <= 1:
             raise ValueError(f"max_loop_busy must be in (0, 1], got {self.max_loop_busy!r}")
+        if self.standing_queue_ms is not None and not 0 < self.standing_queue_ms < math.inf:
+            raise ValueError(
+                f"standing_queue_ms must be finite and > 0, or None, got {self.standing_queue_ms!r}"
+            )
 
 
 @dataclass(eq=False, slots=True)
@@ -208,6 +232,8 @@ class AdmissionQueue:
         "_hold_s_ewma",
         "_in_flight",
         "_limit",
+        "_overloaded_until_s",
+        "_queue_since_s",
         "_seq",
         "_waiting",
         "admitted_total",
@@ -225,6 +251,10 @@ class AdmissionQueue:
         self._waiting = 0
         self._seq = 0
         self._hold_s_ewma = 0.0
+        # When the wait queue last became non-empty (None while empty), and until when the
+        # service counts as overloaded (see DEFAULT_STANDING_QUEUE_MS).
+        self._queue_since_s: float | None = None
+        self._overloaded_until_s = -math.inf
         self.admitted_total = 0
         self.shed_total: dict[ShedReason, int] = dict.fromkeys(ShedReason, 0)
 
@@ -244,6 +274,10 @@ class AdmissionQueue:
     def limit(self) -> int:
         """Queries allowed in flight now: ``max_in_flight``, or less while the loop lags."""
         return self._limit
+
+    def overloaded(self) -> bool:
+        """True while arrivals that find no free slot are shed at once (a standing queue)."""
+        return self._standing(self.clock.now_s(), extend=False)
 
     def in_flight_of(self, client: str) -> int:
         """Slots ``client`` holds."""
@@ -300,6 +334,9 @@ class AdmissionQueue:
             # A free slot is never refused: with nothing to wait for, no deadline is at risk.
             self._admit(ticket, self._client(client), now)
             return ticket, []
+        if self._standing(now, extend=True):
+            self._shed(ticket, ShedReason.OVERLOAD, _OVERLOADED)
+            return ticket, []
         # Shed now what would only time out in the queue: a fast 503 beats a slow one.
         wait_s = self.estimated_wait_s()
         if now + wait_s >= ticket.start_by_s:
@@ -315,14 +352,34 @@ class AdmissionQueue:
         if self._waiting >= self.limits.max_waiting:
             victim = self._longest_line_victim(client)
             if victim is None:
-                self._shed(ticket, ShedReason.QUEUE_FULL, "overloaded: the wait queue is full")
+                self._shed(ticket, ShedReason.QUEUE_FULL, _QUEUE_FULL)
                 return ticket, []
             self._remove_waiting(victim)
             self._shed(victim, ShedReason.EVICTED, "overloaded: the wait queue is full (evicted)")
             evicted.append(victim)
         self._client(client).waiting.append(ticket)
         self._waiting += 1
+        if self._waiting == 1:
+            self._queue_since_s = now
         return ticket, evicted
+
+    def refuse_arrival(self) -> str | None:
+        """Shed an arrival now if :meth:`arrive` would shed any arrival, whatever its client
+        and budget (overloaded, and no free slot): count it and return the reason given.
+        ``None`` otherwise, and nothing changes: the arrival must go through :meth:`arrive`.
+
+        For a front end that answers before it has parsed the request
+        (:mod:`aggregator.http_protocol`).
+        """
+        if self._in_flight < self._limit and self._waiting == 0:
+            return None
+        if self._standing(self.clock.now_s(), extend=True):
+            self.shed_total[ShedReason.OVERLOAD] += 1
+            return _OVERLOADED
+        if self.limits.max_waiting == 0:  # no queue at all, so no one to evict either
+            self.shed_total[ShedReason.QUEUE_FULL] += 1
+            return _QUEUE_FULL
+        return None
 
     def release(self, ticket: Ticket) -> list[Ticket]:
         """``ticket``'s query ended (or gave up its place): free what it held.
@@ -437,7 +494,26 @@ class AdmissionQueue:
         entry = self._clients[ticket.client]
         entry.waiting.remove(ticket)
         self._waiting -= 1
+        if self._waiting == 0:
+            self._queue_since_s = None
         self._forget_if_idle(ticket.client, entry)
+
+    def _standing(self, now: float, *, extend: bool) -> bool:
+        """Whether the service is overloaded now: its wait queue has stood (stayed non-empty)
+        for ``standing_queue_ms``, or an arrival was refused for that reason less than
+        ``standing_queue_ms`` ago. ``extend``: an arrival is being refused, so the state lasts
+        another ``standing_queue_ms`` from now."""
+        interval_ms = self.limits.standing_queue_ms
+        if interval_ms is None:
+            return False
+        interval_s = interval_ms / 1000.0
+        since_s = self._queue_since_s
+        standing = now < self._overloaded_until_s or (
+            since_s is not None and now - since_s >= interval_s
+        )
+        if standing and extend:
+            self._overloaded_until_s = now + interval_s
+        return standing
 
     def _grant(self, now: float) -> list[Ticket]:
         # Linear scans over the waiting clients: at most max_waiting of them, and a release
@@ -456,6 +532,8 @@ class AdmissionQueue:
             assert best is not None
             ticket = best.waiting.popleft()
             self._waiting -= 1
+            if self._waiting == 0:
+                self._queue_since_s = None
             if now >= ticket.start_by_s:
                 self._shed_late(ticket)
                 self._forget_if_idle(ticket.client, best)
@@ -484,6 +562,8 @@ def _is_admitted(ticket: Ticket) -> bool:
     return ticket.state is TicketState.ADMITTED
 
 
+_QUEUE_FULL = "overloaded: the wait queue is full"
+_OVERLOADED = "overloaded: no free slot, and the wait queue is not draining"
 _TOO_LATE = "overloaded: the query waited for a slot until its deadline could not be met"
 _WAITED_TOO_LONG = "overloaded: no slot freed within the longest wait allowed"
 

@@ -1,8 +1,9 @@
 """The shard protocol's client side: shards in other processes as :class:`ShardBackend`\\ s.
 
-One :class:`ShardClient` owns one ``aiohttp.ClientSession`` shared by every shard, with a
-bounded, keep-alive connection pool per shard server. An :class:`HttpShard` is one remote shard
-(one replica) speaking the protocol of ``docs/protocol.md``.
+One :class:`ShardClient` owns one :class:`~aggregator.connection_pool.ConnectionPool` shared
+by every shard: bounded, keep-alive HTTP/1.1 connections per shard server. An
+:class:`HttpShard` is one remote shard (one replica) speaking the protocol of
+``docs/protocol.md``.
 
 What a caller can rely on:
 - No request is unbounded: its timeout is the query deadline's remaining time (capped at
@@ -41,11 +42,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeGuard
 
-import aiohttp
 import orjson
 from yarl import URL
 
 from aggregator.clock import Clock, LoopClock
+from aggregator.connection_pool import ConnectionPool, HttpReply
 from aggregator.deadline import MAX_BUDGET_MS, Deadline
 from aggregator.errors import (
     ConfigError,
@@ -69,6 +70,7 @@ __all__ = [
 
 #: The request header carrying the remaining budget, in decimal milliseconds.
 DEADLINE_HEADER = "X-Deadline-Ms"
+_DEADLINE_HEADER_BYTES = DEADLINE_HEADER.encode("ascii")
 
 #: Longest error reason kept from a shard's error body, in characters.
 _MAX_REASON_CHARS = 200
@@ -76,7 +78,6 @@ _MAX_REASON_CHARS = 200
 _MAX_ERROR_BODY_BYTES = 16 * 1024
 #: Replies at least this large are parsed on a worker thread, off the event loop.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
-_READ_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +245,13 @@ def _parse_health(body: bytes, url: str) -> ShardHealth:
 
 
 class ShardClient:
-    """One HTTP session for every shard; an async context manager.
+    """One keep-alive connection pool for every shard; an async context manager.
 
-    The session is created on first use (inside the running loop) and closed by
-    :meth:`aclose` / leaving the ``async with`` block. ``clock`` is where deadlines are read
-    (the running loop's clock by default; it must agree with the loop, since the request
-    timeout is armed on the loop). :meth:`in_flight` counts requests under way per shard URL.
+    The pool (:class:`aggregator.connection_pool.ConnectionPool`) is created on first use
+    (inside the running loop) and closed by :meth:`aclose` / leaving the ``async with`` block.
+    ``clock`` is where deadlines are read (the running loop's clock by default; it must agree
+    with the loop, since the request timeout is armed on the loop). :meth:`in_flight` counts
+    requests under way per shard URL.
     """
 
     def __init__(
@@ -257,12 +259,12 @@ class ShardClient:
     ) -> None:
         self.config = config or ShardClientConfig()
         self.clock: Clock = clock or LoopClock()
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
         self._closed = False
         self._in_flight: dict[str, int] = {}
 
     async def __aenter__(self) -> ShardClient:
-        self.session()
+        self.connection_pool()
         return self
 
     async def __aexit__(
@@ -273,34 +275,24 @@ class ShardClient:
     ) -> None:
         await self.aclose()
 
-    def session(self) -> aiohttp.ClientSession:
-        """The shared session, created on first use; raises ``RuntimeError`` once closed."""
+    def connection_pool(self) -> ConnectionPool:
+        """The shared pool, created on first use; raises ``RuntimeError`` once closed."""
         if self._closed:
             raise RuntimeError("ShardClient is closed")
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.max_connections,
-                limit_per_host=self.config.max_connections_per_shard,
-                keepalive_timeout=self.config.keepalive_s,
+        if self._pool is None:
+            self._pool = ConnectionPool(
+                max_per_origin=self.config.max_connections_per_shard,
+                max_total=self.config.max_connections,
+                keepalive_s=self.config.keepalive_s,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                # Every request carries its own timeout from its deadline; this is only the
-                # backstop for a call made without one.
-                timeout=aiohttp.ClientTimeout(total=MAX_BUDGET_MS / 1000.0),
-                # The body cap applies to bytes on the wire; never inflate a compressed body.
-                auto_decompress=False,
-                headers={"Accept-Encoding": "identity"},
-                raise_for_status=False,
-            )
-        return self._session
+        return self._pool
 
     async def aclose(self) -> None:
-        """Close the session and its connections (idempotent)."""
+        """Close the pool and its connections (idempotent)."""
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     @property
     def is_closed(self) -> bool:
@@ -317,6 +309,10 @@ class ShardClient:
         """Requests under way, per shard URL (a snapshot)."""
         return dict(self._in_flight)
 
+    def open_connections(self) -> int:
+        """Connections open to every shard now, busy or idle (bounded by the config)."""
+        return 0 if self._pool is None else self._pool.open_connections()
+
     # -- requests -------------------------------------------------------------------------------
 
     async def search(self, url: str, shard: str, query: Query, deadline: Deadline) -> ShardReply:
@@ -329,10 +325,13 @@ class ShardClient:
             raise ShardTimeout("budget spent before the request was sent")
         # Truncate rather than round: the shard must never believe it has more time than we do.
         budget_ms = math.floor(remaining_s * 1e6) / 1e3
-        headers = {DEADLINE_HEADER: f"{budget_ms:.3f}", "Content-Type": "application/json"}
+        headers = b"%s: %.3f\r\nContent-Type: application/json\r\n" % (
+            _DEADLINE_HEADER_BYTES,
+            budget_ms,
+        )
         payload = orjson.dumps({"q": query.text, "k": query.k})
         body = await self._exchange(
-            url, "/search", remaining_s, data=payload, headers=headers, what="search"
+            url, b"POST", "/search", remaining_s, headers, payload, "search"
         )
         if len(body) >= _PARSE_OFF_LOOP_BYTES:
             return await asyncio.to_thread(parse_reply, body, shard, query.k)
@@ -345,27 +344,35 @@ class ShardClient:
         """
         url = normalize_url(url)
         body = await self._exchange(
-            url, "/healthz", self.config.probe_timeout_s, data=None, headers={}, what="probe"
+            url, b"GET", "/healthz", self.config.probe_timeout_s, b"", None, "probe"
         )
         return _parse_health(body, url)
 
     async def _exchange(
         self,
         url: str,
+        method: bytes,
         path: str,
         timeout_s: float,
-        *,
-        data: bytes | None,
-        headers: dict[str, str],
+        headers: bytes,
+        payload: bytes | None,
         what: str,
     ) -> bytes:
         """One request, bounded by ``timeout_s`` end to end; returns a 200 reply's body."""
         key = normalize_url(url)
-        session = self.session()
+        pool = self.connection_pool()
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._request(session, key + path, data, headers)
+                reply = await pool.request(
+                    key,
+                    method,
+                    path,
+                    headers,
+                    payload,
+                    max_body_bytes=self.config.max_body_bytes,
+                    max_error_body_bytes=_MAX_ERROR_BODY_BYTES,
+                )
         except TimeoutError as exc:
             raise ShardTimeout(
                 f"no complete {what} reply within {timeout_s * 1000.0:.0f} ms"
@@ -376,83 +383,19 @@ class ShardClient:
                 self._in_flight[key] = left
             else:
                 del self._in_flight[key]
+        return _reply_body(reply, key + path)
 
-    async def _request(
-        self,
-        session: aiohttp.ClientSession,
-        target: str,
-        data: bytes | None,
-        headers: dict[str, str],
-    ) -> bytes:
-        method = "GET" if data is None else "POST"
-        # Why one retry: a pooled keep-alive connection the server closed while idle (e.g. it
-        # restarted) fails on first use before any reply. The protocol requires /search to have
-        # no side effects, so sending it again on a fresh connection is safe, and it stays
-        # inside the same deadline. Connect errors and timeouts are never retried.
-        for attempt in (1, 2):
-            try:
-                response = await session.request(
-                    method,
-                    target,
-                    data=data,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=None),
-                )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
-                    continue
-                raise _translate(exc, target) from exc
-            except aiohttp.ClientError as exc:
-                raise _translate(exc, target) from exc
-            break
-        try:
-            return await self._read_reply(response, target)
-        except BaseException:
-            # Anything but a complete read leaves the connection in an unknown state.
-            response.close()
-            raise
-        finally:
-            response.release()
 
-    async def _read_reply(self, response: aiohttp.ClientResponse, target: str) -> bytes:
-        status = response.status
-        if status != 200:
-            reason = _error_reason(await self._read_body(response, _MAX_ERROR_BODY_BYTES, True))
-            raise _status_error(status, reason, target)
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise ShardMalformedReply(f"reply is {encoding}-encoded; only identity is accepted")
-        return await self._read_body(response, self.config.max_body_bytes, False)
-
-    @staticmethod
-    async def _read_body(response: aiohttp.ClientResponse, cap: int, truncate: bool) -> bytes:
-        """Read the body up to ``cap`` bytes; past it, stop reading and raise (or truncate)."""
-        declared = response.content_length
-        if declared is not None and declared > cap and not truncate:
-            raise ShardMalformedReply(f"reply larger than {cap} bytes (Content-Length: {declared})")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            if declared is not None and declared <= cap:
-                # The common case: a declared length within the cap, read in one call.
-                return await response.read()
-            while size <= cap:
-                chunk = await response.content.read(min(_READ_CHUNK_BYTES, cap + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        except aiohttp.ClientPayloadError as exc:
-            raise ShardUnavailable(f"reply cut off after {size} bytes: {exc}") from exc
-        except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-            raise ShardUnavailable(f"connection lost after {size} bytes of reply") from exc
-        body = b"".join(chunks)
-        if size > cap:
-            if truncate:
-                return body[:cap]
-            raise ShardMalformedReply(f"reply larger than {cap} bytes")
-        return body
+def _reply_body(reply: HttpReply, target: str) -> bytes:
+    """A 200 reply's body, or the :class:`ShardError` its status and error body say."""
+    if reply.status != 200:
+        reason = _error_reason(reply.body)
+        raise _status_error(reply.status, reason, target)
+    if reply.content_encoding not in ("", "identity"):
+        raise ShardMalformedReply(
+            f"reply is {reply.content_encoding}-encoded; only identity is accepted"
+        )
+    return reply.body
 
 
 def _status_error(status: int, reason: str, target: str) -> ShardError:
@@ -465,21 +408,6 @@ def _status_error(status: int, reason: str, target: str) -> ShardError:
     if 400 <= status < 500:
         return ShardError(f"shard refused the request to {target}: HTTP {status}: {reason}")
     return ShardMalformedReply(f"unexpected HTTP status {status} from {target}")
-
-
-def _translate(exc: aiohttp.ClientError, target: str) -> ShardError:
-    """A library exception raised before a reply arrived, as a :class:`ShardError`."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
-        return ShardUnavailable(f"cannot connect to {target}: {cause}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return ShardUnavailable(f"{target} closed the connection before replying")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return ShardMalformedReply(f"invalid HTTP reply from {target}: {exc.message}")
-    if isinstance(exc, aiohttp.ClientOSError):
-        cause = exc.strerror or type(exc).__name__
-        return ShardUnavailable(f"connection to {target} failed: {cause}")
-    return ShardUnavailable(f"request to {target} failed: {type(exc).__name__}: {exc}")
 
 
 # -- the backend --------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from aggregator.admission import (
     DEFAULT_MAX_LOOP_LAG_MS,
     DEFAULT_MAX_WAITING,
     DEFAULT_MIN_BUDGET_MS,
+    DEFAULT_STANDING_QUEUE_MS,
     AdmissionLimits,
 )
 from aggregator.breaker import BreakerConfig
@@ -158,7 +159,9 @@ class LimitsConfig:
     is closed, so stalled clients cannot pile up connections. ``max_loop_lag_ms``: event-loop
     lag above which admission lowers its limit on queries in flight (0: a fixed limit).
     ``max_queue_wait_ms``: longest a query waits for an admission slot before it is shed
-    (unset: until its deadline can no longer be met).
+    (unset: until its deadline can no longer be met). ``standing_queue_ms``: how long the
+    admission queue may stay non-empty before arrivals that find no free slot are shed at
+    once instead of queued (0: always queue).
     """
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
@@ -166,6 +169,7 @@ class LimitsConfig:
     min_budget_ms: float = DEFAULT_MIN_BUDGET_MS
     max_loop_lag_ms: float = DEFAULT_MAX_LOOP_LAG_MS
     max_queue_wait_ms: float | None = None
+    standing_queue_ms: float = DEFAULT_STANDING_QUEUE_MS
     max_inflight_per_shard: int = 64
     max_connections_per_shard: int = 32
     max_reply_bytes: int = 4 * 1024 * 1024
@@ -184,6 +188,7 @@ class LimitsConfig:
             min_budget_ms=self.min_budget_ms,
             max_loop_lag_ms=self.max_loop_lag_ms or None,
             max_queue_wait_ms=self.max_queue_wait_ms,
+            standing_queue_ms=self.standing_queue_ms or None,
         )
 
 
@@ -499,7 +504,8 @@ class _Reader:
             return self.integer(path, value, low=low, high=high)
         if key == "min_budget_ms":
             return self.number(path, value, low=0.0, high=MAX_BUDGET_MS)
-        if key in ("max_loop_lag_ms", "max_queue_wait_ms"):  # lag 0: a fixed in-flight limit
+        # max_loop_lag_ms 0: a fixed in-flight limit; standing_queue_ms 0: always queue.
+        if key in ("max_loop_lag_ms", "max_queue_wait_ms", "standing_queue_ms"):
             return self.number(path, value, low=0.0, high=60_000.0)
         if key == "idle_timeout_ms":  # 0 would mean "never": not allowed
             return self.number(path, value, low=0.0, high=600_000.0, low_open=True)

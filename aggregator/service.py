@@ -51,6 +51,7 @@ from aggregator.config import LimitsConfig
 from aggregator.coordinator import Coordinator
 from aggregator.deadline import MAX_BUDGET_MS, Deadline, validate_budget_ms
 from aggregator.errors import AggregatorError, InvalidQuery, NoShardAnswered, Overloaded
+from aggregator.http_protocol import HTTP_ERROR_TYPES, EarlyShed, ServiceAppRunner
 from aggregator.metrics import LoopLagMonitor, ServiceMetrics
 from aggregator.tail import TailTolerantPlanner
 from aggregator.types import MAX_K, Query
@@ -73,19 +74,6 @@ DEFAULT_K = 10
 MAX_CLIENT_ID_CHARS = 128
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-#: Error type names of the HTTP statuses the service answers itself.
-_HTTP_ERROR_TYPES = {
-    400: "InvalidQuery",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    408: "RequestTimeout",
-    413: "PayloadTooLarge",
-    415: "UnsupportedMediaType",
-    500: "InternalError",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +173,19 @@ def create_runner(app: web.Application, limits: LimitsConfig) -> web.AppRunner:
 
     A client that hangs up cancels its query's fan-out; the request line, headers and idle
     connections are bounded by ``limits``; shutdown waits at most the grace period; requests
-    HTTP's parser refuses get the JSON error shape like every other 4xx.
+    HTTP's parser refuses get the JSON error shape like every other 4xx; while admission is
+    overloaded, plain ``GET /search`` requests are refused before they are parsed
+    (:mod:`aggregator.http_protocol`).
     """
-    return _JsonErrorsAppRunner(
+    service = app.get(SERVICE_KEY)
+    early_shed = None
+    if service is not None and service.settings.token is None:
+        # With a token, a request must be authenticated before anything else is said to it.
+        metrics = service.metrics
+        early_shed = EarlyShed(service.admission.queue, lambda: metrics.observe_response(503))
+    return ServiceAppRunner(
         app,
+        early_shed,
         handler_cancellation=True,  # a client that hangs up cancels its query's fan-out
         access_log=None,
         shutdown_timeout=limits.shutdown_grace_ms / 1000.0,
@@ -202,74 +199,6 @@ def create_runner(app: web.Application, limits: LimitsConfig) -> web.AppRunner:
         # closed too (aiohttp's default is an hour; it has no separate header timeout).
         keepalive_timeout=limits.idle_timeout_ms / 1000.0,
     )
-
-
-#: Longest parser message echoed in a reason (the message may quote the offending input).
-_MAX_PARSER_REASON_CHARS = 120
-
-
-class _JsonErrorsRequestHandler(web.RequestHandler):
-    """aiohttp's per-connection protocol handler, with the service's error shape.
-
-    A request aiohttp's HTTP parser refuses (request line or header over its limit, too many
-    headers, a broken method, a negative Content-Length) never reaches the application or its
-    middleware: the protocol handler answers it itself, in plain text. ``handle_error`` is
-    where it does so. This override keeps its logging and its "already sent" check (by
-    calling it) and swaps the body for ``{"error": {"type", "reason"}}``.
-    ``tests/aggregator/test_hostile_input.py`` pins the shape, so an aiohttp upgrade that
-    moves this hook fails there rather than silently.
-    """
-
-    __slots__ = ()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """The JSON error for a request the protocol layer could not hand to the app."""
-        super().handle_error(request, status, exc, message)
-        if status >= 500:
-            reason = "internal error"
-        else:
-            reason = _parser_reason(message)
-        kind = "MalformedHttp" if status == 400 else _HTTP_ERROR_TYPES.get(status, "HttpError")
-        response = error_response(status, kind, reason)
-        response.force_close()  # the parser's state is unknown: never reuse the connection
-        return response
-
-
-def _parser_reason(message: str | None) -> str:
-    """The first line of the parser's message (later lines draw a caret under the input),
-    capped: it may quote the offending bytes."""
-    first = (message or "").strip().split("\n", 1)[0].rstrip(": ")
-    if not first:
-        return "malformed HTTP request"
-    if len(first) > _MAX_PARSER_REASON_CHARS:
-        return first[: _MAX_PARSER_REASON_CHARS - 3] + "..."
-    return first
-
-
-class _JsonErrorsServer(web.Server):
-    """aiohttp's low-level server, making :class:`_JsonErrorsRequestHandler` connections."""
-
-    def __call__(self) -> web.RequestHandler:
-        handler = super().__call__()
-        # Same slots, same state: only the class (and so ``handle_error``) changes. Going
-        # through ``super()`` keeps aiohttp's own construction, kwargs and fallbacks.
-        handler.__class__ = _JsonErrorsRequestHandler
-        return handler
-
-
-class _JsonErrorsAppRunner(web.AppRunner):
-    """An :class:`~aiohttp.web.AppRunner` serving through :class:`_JsonErrorsServer`."""
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _JsonErrorsServer
-        return server
 
 
 def _tail_of(coordinator: Coordinator) -> TailTolerantPlanner | None:
@@ -325,7 +254,7 @@ async def _error_middleware(request: web.Request, handler: _Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = _HTTP_ERROR_TYPES.get(exc.status, exc.reason.replace(" ", ""))
+        kind = HTTP_ERROR_TYPES.get(exc.status, exc.reason.replace(" ", ""))
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         return error_response(exc.status, kind, exc.reason, headers)
     except Exception:

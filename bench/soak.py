@@ -76,6 +76,7 @@ from aggregator.wire import dump_json
 from bench.histogram import LatencyHistogram
 from bench.loadgen import (
     HttpSearchTarget,
+    HttpSession,
     LoadResult,
     LoadSpec,
     RequestResult,
@@ -143,6 +144,7 @@ class SoakSettings:
     max_waiting: int | None = None
     min_budget_ms: float | None = None
     max_loop_lag_ms: float | None = None
+    standing_queue_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 64:
@@ -161,6 +163,10 @@ class SoakSettings:
             raise ValueError(f"--max-waiting must be in 0..100000, got {self.max_waiting}")
         if self.max_loop_lag_ms is not None and not 0 <= self.max_loop_lag_ms <= 60_000:
             raise ValueError(f"--max-loop-lag-ms must be in 0..60000, got {self.max_loop_lag_ms}")
+        if self.standing_queue_ms is not None and not 0 <= self.standing_queue_ms <= 60_000:
+            raise ValueError(
+                f"--standing-queue-ms must be in 0..60000, got {self.standing_queue_ms}"
+            )
         if self.min_budget_ms is not None and not 0 <= self.min_budget_ms < self.deadline_ms:
             raise ValueError(f"--min-budget-ms must be in [0, deadline), got {self.min_budget_ms}")
 
@@ -176,6 +182,11 @@ class SoakSettings:
             ),
             max_loop_lag_ms=(
                 defaults.max_loop_lag_ms if self.max_loop_lag_ms is None else self.max_loop_lag_ms
+            ),
+            standing_queue_ms=(
+                defaults.standing_queue_ms
+                if self.standing_queue_ms is None
+                else self.standing_queue_ms
             ),
         )
 
@@ -219,6 +230,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="admission: loop lag that lowers the in-flight limit (0: fixed; default: serve's)",
     )
+    parser.add_argument(
+        "--standing-queue-ms",
+        type=float,
+        default=None,
+        help="admission: queue age that stops queueing (0: always queue; default: serve's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
         min_budget_ms=args.min_budget_ms,
         max_loop_lag_ms=args.max_loop_lag_ms,
+        standing_queue_ms=args.standing_queue_ms,
     )
     result = run_loop(lambda: soak(settings, progress=not args.json), args.loop)
     if args.json:
@@ -470,6 +488,7 @@ def _figures(
             "max_waiting": settings.limits().max_waiting,
             "min_budget_ms": settings.limits().min_budget_ms,
             "max_loop_lag_ms": settings.limits().max_loop_lag_ms,
+            "standing_queue_ms": settings.limits().standing_queue_ms,
         },
         "capacity_qps": round(capacity_qps, 1),
         "overload_factor": settings.overload_factor,
@@ -586,7 +605,7 @@ def _round(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 2)
 
 
-def _session() -> aiohttp.ClientSession:
+def _session() -> HttpSession:
     return HttpSearchTarget.open_session(pool_size=POOL_SIZE, timeout_s=10.0)
 
 

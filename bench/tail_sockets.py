@@ -45,15 +45,22 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import aiohttp
 import numpy as np
 import orjson
+from yarl import URL
 
 from aggregator._cli import LOOP_CHOICES, run_loop
 from aggregator.tail import TailConfig
 from aggregator.wire import dump_json
 from bench.histogram import LatencyHistogram
-from bench.loadgen import HttpSearchTarget, LoadResult, LoadSpec, RequestStatus, run_load
+from bench.loadgen import (
+    HttpSearchTarget,
+    HttpSession,
+    LoadResult,
+    LoadSpec,
+    RequestStatus,
+    run_load,
+)
 from bench.processes import ChildProcesses
 
 __all__ = ["BenchConfig", "add_arguments", "phase_summaries", "run"]
@@ -218,14 +225,15 @@ def _spec(config: BenchConfig, duration_s: float, seed: int, warmup_s: float = 0
     )
 
 
-def _target(session: aiohttp.ClientSession, base_url: str, config: BenchConfig) -> Any:
+def _target(session: HttpSession, base_url: str, config: BenchConfig) -> Any:
     params = {"k": str(K), "deadline_ms": f"{config.deadline_ms:g}"}
     return HttpSearchTarget(session, base_url + "/search", TEXTS, params)
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
-    async with session.get(url) as response:
-        return orjson.loads(await response.read())
+async def _get_json(session: HttpSession, url: str) -> Any:
+    parsed = URL(url)
+    _, body = await session.get(str(parsed.origin()), parsed.raw_path_qs)
+    return orjson.loads(body)
 
 
 @dataclass(slots=True)

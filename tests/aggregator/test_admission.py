@@ -24,7 +24,8 @@ def _queue(
     max_queue_wait_ms: float = 60_000.0,
 ) -> tuple[AdmissionQueue, ManualClock]:
     """A queue on a manual clock; waits are bounded by deadlines only unless told otherwise;
-    the loop's busy share is bounded at 0.7."""
+    the loop's busy share is bounded at 0.7; a standing queue is never refused (the tests of
+    that rule build their own)."""
     clock = ManualClock(100.0)
     limits = AdmissionLimits(
         max_in_flight,
@@ -32,6 +33,7 @@ def _queue(
         min_budget_ms=min_budget_ms,
         max_queue_wait_ms=max_queue_wait_ms,
         max_loop_busy=0.7,
+        standing_queue_ms=None,
     )
     return AdmissionQueue(limits, clock), clock
 
@@ -433,3 +435,96 @@ async def test_waiter_is_shed_at_the_longest_wait() -> None:
     assert loop.time() - t0 == pytest.approx(0.003)
     admission.release(holder)
     assert admission.queue.shed_total[ShedReason.QUEUE_TIMEOUT] == 1
+
+
+def _standing_queue(standing_queue_ms: float = 100.0) -> tuple[AdmissionQueue, ManualClock]:
+    """One slot, two places in line, and the standing-queue rule at ``standing_queue_ms``."""
+    clock = ManualClock(100.0)
+    limits = AdmissionLimits(1, 2, min_budget_ms=0.0, standing_queue_ms=standing_queue_ms)
+    return AdmissionQueue(limits, clock), clock
+
+
+def test_a_burst_that_drains_is_queued() -> None:
+    """A queue that empties within standing_queue_ms is a burst: arrivals keep queueing."""
+    queue, clock = _standing_queue()
+    running = _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "a")
+    clock.advance(0.09)
+    assert queue.release(running) == [waiter]  # the line emptied after 90 ms
+    assert _arrive(queue, clock, "a").state is TicketState.WAITING
+    assert not queue.overloaded()
+
+
+def test_a_standing_queue_sheds_arrivals_at_once() -> None:
+    """After the queue stood for standing_queue_ms, an arrival without a free slot is shed
+    at once (reason overload) instead of queueing, while the waiters keep their places."""
+    queue, clock = _standing_queue()
+    running = _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "a")
+    clock.advance(0.101)  # past 100 ms (float steps)
+    assert queue.overloaded()
+    shed = _arrive(queue, clock, "b")
+    assert shed.state is TicketState.SHED
+    assert shed.shed_reason is ShedReason.OVERLOAD
+    assert waiter.state is TicketState.WAITING
+    assert queue.release(running) == [waiter]
+
+
+def test_overload_ends_once_no_arrival_was_refused_for_the_interval() -> None:
+    """Each refusal keeps the overload state for another standing_queue_ms, even after the
+    line has emptied; after a quiet interval arrivals queue again."""
+    queue, clock = _standing_queue()
+    running = _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "a")
+    clock.advance(0.101)  # past 100 ms (float steps)
+    assert _arrive(queue, clock, "b").shed_reason is ShedReason.OVERLOAD
+    assert queue.release(running) == [waiter]  # the line is empty, the slot taken again
+    clock.advance(0.05)
+    assert _arrive(queue, clock, "b").shed_reason is ShedReason.OVERLOAD  # refused: extends
+    clock.advance(0.099)
+    assert queue.overloaded()
+    clock.advance(0.002)
+    assert not queue.overloaded()
+    assert _arrive(queue, clock, "b").state is TicketState.WAITING
+
+
+def test_a_free_slot_is_never_refused_while_overloaded() -> None:
+    """Overload refuses only arrivals that would have to wait."""
+    queue, clock = _standing_queue()
+    running = _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "a")
+    clock.advance(0.101)  # past 100 ms (float steps)
+    assert _arrive(queue, clock, "b").state is TicketState.SHED
+    assert queue.release(running) == [waiter]
+    assert queue.release(waiter) == []
+    assert queue.overloaded()
+    assert _arrive(queue, clock, "c").state is TicketState.ADMITTED
+
+
+def test_standing_queue_rule_can_be_turned_off() -> None:
+    """standing_queue_ms=None: a queue may stand for ever, arrivals keep queueing."""
+    queue, clock = _queue(max_in_flight=1, max_waiting=3)
+    _arrive(queue, clock, "a")
+    _arrive(queue, clock, "a")
+    clock.advance(10.0)
+    assert not queue.overloaded()
+    assert _arrive(queue, clock, "a").state is TicketState.WAITING
+
+
+def test_refuse_arrival_answers_only_when_any_arrival_would_be_shed() -> None:
+    """refuse_arrival sheds (and counts) only when arrive would shed whoever arrived."""
+    queue, clock = _standing_queue()
+    assert queue.refuse_arrival() is None  # a free slot
+    running = _arrive(queue, clock, "a")
+    assert queue.refuse_arrival() is None  # no slot, but a place in line (client-dependent)
+    _arrive(queue, clock, "a")
+    clock.advance(0.101)  # past 100 ms (float steps)
+    reason = queue.refuse_arrival()
+    assert reason is not None
+    assert reason.startswith("overloaded")
+    assert queue.shed_total[ShedReason.OVERLOAD] == 1
+    queue.release(running)
+    no_line, line_clock = _queue(max_in_flight=1, max_waiting=0)
+    _arrive(no_line, line_clock, "a")
+    assert no_line.refuse_arrival() == "overloaded: the wait queue is full"
+    assert no_line.shed_total[ShedReason.QUEUE_FULL] == 1

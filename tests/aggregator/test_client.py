@@ -7,7 +7,6 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -523,35 +522,58 @@ async def test_probe_has_its_own_bounded_timeout() -> None:
 
 
 async def test_library_errors_never_escape(client: ShardClient) -> None:
-    """Every failure above surfaces as a ShardError, never an aiohttp exception."""
+    """A refused connection surfaces as a ShardError, its OS error kept as the cause."""
     shard = HttpShard("s", f"http://127.0.0.1:{await free_port()}", 1, client)
-    with pytest.raises(ShardError) as caught:
+    with pytest.raises(ShardUnavailable) as caught:
         await shard.search(Query("x"), deadline_in(500))
-    assert isinstance(caught.value.__cause__, aiohttp.ClientError)
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
 
 
-async def test_dropped_connection_is_retried_once(client: ShardClient) -> None:
-    """A connection dropped before any reply (e.g. a stale keep-alive) is retried once."""
+async def test_stale_keep_alive_connection_is_retried_once(client: ShardClient) -> None:
+    """A reused connection dropped before any reply (a stale keep-alive) is retried once."""
     connections: list[int] = []
+    body = orjson.dumps(GOOD_REPLY)
+    reply_bytes = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
     async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(1)
+        first_connection = len(connections) == 1
         await reader.read(65536)
-        if len(connections) == 1:
-            writer.close()
-            return
-        body = orjson.dumps(GOOD_REPLY)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        writer.write(reply_bytes)  # the first request on every connection is answered
         await writer.drain()
+        if first_connection:
+            await reader.read(65536)  # the second request on it: drop it unanswered
         writer.close()
 
     server = await asyncio.start_server(flaky, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         shard = HttpShard("s", f"http://127.0.0.1:{port}", 1, client)
+        await shard.search(Query("x"), deadline_in(2000))
         reply = await shard.search(Query("x"), deadline_in(2000))
         assert [h.doc_id for h in reply.hits] == ["a"]
         assert len(connections) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_fresh_connection_dropped_is_not_retried(client: ShardClient) -> None:
+    """A new connection closed before any reply (the shard died mid-query) is not retried."""
+    connections: list[int] = []
+
+    async def dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await reader.read(65536)
+        writer.close()
+
+    server = await asyncio.start_server(dies, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        shard = HttpShard("s", f"http://127.0.0.1:{port}", 1, client)
+        with pytest.raises(ShardUnavailable, match="closed the connection before replying"):
+            await shard.search(Query("x"), deadline_in(2000))
+        assert len(connections) == 1
     finally:
         server.close()
         await server.wait_closed()
