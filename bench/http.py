@@ -53,6 +53,7 @@ import aiohttp
 from aiohttp import web
 
 from aggregator._cli import LOOP_CHOICES, run_loop
+from aggregator._runtime import freeze_startup_heap
 from aggregator.wire import dump_json
 from bench.histogram import LatencyHistogram
 from bench.loadgen import (
@@ -115,6 +116,7 @@ def _shard_process(config: BenchConfig, slow: bool, conn: Connection) -> None:
             slow={0: SLOW_SHARD_SPEC} if slow else None,
         )
         async with LocalShardCluster(backends) as cluster:
+            freeze_startup_heap()  # as both serve commands do once start-up is done
             conn.send([(e.name, e.url, e.doc_count) for e in cluster.endpoints])
             await _until_parent_closes(conn)
 
@@ -151,6 +153,7 @@ def _front_process(
                     runners.append(runner)
                     await web.TCPSite(runner, "127.0.0.1", 0).start()
                     urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}/search")
+                freeze_startup_heap()  # for both services, as the serve command does
                 conn.send(urls)
                 await _until_parent_closes(conn)
             finally:

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from aggregator._cli import run_loop
+from aggregator._runtime import freeze_startup_heap
 from aggregator.client import HttpShard, ShardClient, ShardClientConfig
 from aggregator.service import ServiceSettings, create_app
 from bench.scenario import ClusterConfig, StrategyConfig
@@ -107,6 +108,7 @@ async def serve_shards(system: _System) -> dict[str, Any]:
     """Serve the simulated shards until stdin closes; return their counters."""
     backends = build_backends(system.cluster, system.shards)
     async with LocalShardCluster(backends, max_concurrency=system.cluster.max_concurrency) as local:
+        freeze_startup_heap()  # as both serve commands do once start-up is done
         _say({"shards": [[e.name, e.url, e.doc_count] for e in local.endpoints]})
         cpu_at_ready_s = time.process_time()
         await wait_for_stdin_eof()
@@ -140,6 +142,7 @@ async def serve_aggregator(system: _System) -> dict[str, Any]:
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
+            freeze_startup_heap()
             _say({"url": f"http://127.0.0.1:{int(runner.addresses[0][1])}/search"})
             cpu_at_ready_s = time.process_time()
             await wait_for_stdin_eof()

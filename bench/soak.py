@@ -71,6 +71,7 @@ import orjson
 from aiohttp import web
 
 from aggregator._cli import LOOP_CHOICES, run_loop
+from aggregator._runtime import freeze_startup_heap
 from aggregator.config import LimitsConfig
 from aggregator.wire import dump_json
 from bench.histogram import LatencyHistogram
@@ -912,6 +913,7 @@ async def _serve(spec: dict[str, Any]) -> None:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = int(runner.addresses[0][1])
+            freeze_startup_heap()  # as the serve command does once start-up is done
             print(orjson.dumps({"url": f"http://127.0.0.1:{port}/search"}).decode(), flush=True)
             await wait_for_stdin_eof()
         finally:

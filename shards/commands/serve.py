@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aggregator._cli import LOOP_CHOICES, run_loop
+from aggregator._runtime import freeze_startup_heap
 from aggregator.backend import ShardBackend
 from aggregator.commands.query import DEFAULT_SHARD_LATENCY, parse_slow
 from aggregator.errors import ConfigError
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
             max_concurrency=args.max_concurrency,
         )
         async with cluster:
+            # Start-up is done: keep full collections from walking the long-lived heap.
+            freeze_startup_heap()
             for endpoint in cluster.endpoints:
                 print(f"{endpoint.name} {endpoint.url} {endpoint.doc_count}", flush=True)
             print(f"serving {len(cluster)} shard(s); Ctrl-C to stop", file=sys.stderr, flush=True)
