@@ -553,7 +553,9 @@ class _ServiceTimed:
     async def __call__(self, index: int) -> RequestResult:
         start_s = time.perf_counter()
         result = await self.inner(index)
-        histogram = self.by_status.setdefault(result.status, LatencyHistogram())
+        histogram = self.by_status.get(result.status)
+        if histogram is None:  # not setdefault: that would build a histogram every request
+            histogram = self.by_status[result.status] = LatencyHistogram()
         histogram.record_s(time.perf_counter() - start_s)
         return result
 
