@@ -1,6 +1,11 @@
 """The HTTP connection layer under the service's application: what happens before routing.
 
-Two things are done here, per connection, before aiohttp builds a request object:
+Three things are done here, per connection, before aiohttp builds a request object:
+
+* **The arrival time.** Each read is stamped on the service's clock
+  (``_ServiceRequestHandler.arrived_at_s``), and a query's one budget starts there: "the
+  clock starts when the request arrives", not an event-loop iteration later when aiohttp's
+  task for it first runs.
 
 * **JSON errors for requests the HTTP parser refuses.** A request line or header over its
   limit, too many headers, a broken method or a negative Content-Length never reaches the
@@ -132,16 +137,30 @@ def _is_one_plain_get(data: bytes) -> bool:
 class _ServiceRequestHandler(web.RequestHandler):
     """aiohttp's per-connection protocol handler, with JSON errors and the early shed."""
 
-    __slots__ = ("_early_shed", "_plain_gets")
+    __slots__ = ("_arrival_clock", "_early_shed", "_plain_gets", "arrived_at_s")
 
-    def __init__(self, manager: web.Server, *, early_shed: EarlyShed | None, **kwargs: Any):
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        early_shed: EarlyShed | None,
+        arrival_clock: Callable[[], float] | None,
+        **kwargs: Any,
+    ):
         super().__init__(manager, **kwargs)
         self._early_shed = early_shed
+        self._arrival_clock = arrival_clock
+        #: When the last bytes arrived (on ``arrival_clock``), or None: the service starts a
+        #: query's budget here, not when its handler task first runs, which on a busy loop is
+        #: an iteration or more later.
+        self.arrived_at_s: float | None = None
         # True while every byte received was whole, bodyless GET heads: the parser is then
         # at a message boundary between reads.
         self._plain_gets = True
 
     def data_received(self, data: bytes) -> None:
+        if self._arrival_clock is not None:
+            self.arrived_at_s = self._arrival_clock()
         early_shed = self._early_shed
         if early_shed is not None and self._plain_gets:
             if not _is_one_plain_get(data):
@@ -210,11 +229,16 @@ class _ServiceServer(web.Server):
     """aiohttp's low-level server, making :class:`_ServiceRequestHandler` connections."""
 
     early_shed: EarlyShed | None = None
+    arrival_clock: Callable[[], float] | None = None
 
     def __call__(self) -> web.RequestHandler:
         try:
             return _ServiceRequestHandler(
-                self, early_shed=self.early_shed, loop=self._loop, **self._kwargs
+                self,
+                early_shed=self.early_shed,
+                arrival_clock=self.arrival_clock,
+                loop=self._loop,
+                **self._kwargs,
             )
         except TypeError:
             # aiohttp's own failsafe for handler arguments it does not know: a plain handler.
@@ -224,13 +248,21 @@ class _ServiceServer(web.Server):
 class ServiceAppRunner(web.AppRunner):
     """An :class:`~aiohttp.web.AppRunner` serving through :class:`_ServiceServer`."""
 
-    def __init__(self, app: web.Application, early_shed: EarlyShed | None, **kwargs: Any):
+    def __init__(
+        self,
+        app: web.Application,
+        early_shed: EarlyShed | None,
+        arrival_clock: Callable[[], float] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(app, **kwargs)
         self.early_shed = early_shed
+        self.arrival_clock = arrival_clock
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _ServiceServer
         assert isinstance(server, _ServiceServer)
         server.early_shed = self.early_shed
+        server.arrival_clock = self.arrival_clock
         return server

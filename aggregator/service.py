@@ -186,6 +186,7 @@ def create_runner(app: web.Application, limits: LimitsConfig) -> web.AppRunner:
     return ServiceAppRunner(
         app,
         early_shed,
+        None if service is None else service.coordinator.clock.now_s,
         handler_cancellation=True,  # a client that hangs up cancels its query's fan-out
         access_log=None,
         shutdown_timeout=limits.shutdown_grace_ms / 1000.0,
@@ -307,8 +308,12 @@ class _Service:
         self.lag_monitor: LoopLagMonitor | None = None
 
     async def search(self, request: web.Request) -> web.Response:
-        # The one budget starts now: body, admission and fan-out all count against it.
+        # The one budget starts when the request's bytes arrived (stamped by the protocol
+        # layer, on the same clock), else now: body, admission and fan-out all count.
         arrived_s = self.coordinator.clock.now_s()
+        stamped_s = getattr(request.protocol, "arrived_at_s", None)
+        if stamped_s is not None and stamped_s <= arrived_s:
+            arrived_s = stamped_s
         metrics = self.metrics
         try:
             fields = await _read_fields(

@@ -10,12 +10,14 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
 from aggregator import Coordinator, Deadline, Query
 from aggregator.admission import Admission, ShedReason
 from aggregator.config import LimitsConfig
 from aggregator.service import SERVICE_KEY, ServiceSettings, create_app, create_runner
+from aggregator.types import ShardReply
 
 #: One query at a time and no wait queue: with one running, every arrival is refused.
 LIMITS = replace(LimitsConfig(), max_in_flight=1, max_waiting=0, max_loop_lag_ms=0.0)
@@ -166,3 +168,59 @@ async def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
         return await read_response(reader)
     finally:
         writer.close()
+
+
+class TickingClock:
+    """A clock that moves 5 ms at every reading, and remembers each reading."""
+
+    def __init__(self) -> None:
+        self.readings: list[float] = []
+        self._now_s = 1000.0
+
+    def now_s(self) -> float:
+        self._now_s += 0.005
+        self.readings.append(self._now_s)
+        return self._now_s
+
+
+class RecordingShard:
+    """Answers at once with no hits, remembering the deadline it was given."""
+
+    name = "r"
+    doc_count = 1
+
+    def __init__(self) -> None:
+        self.deadlines: list[Deadline] = []
+
+    async def search(self, query: Query, deadline: Deadline) -> ShardReply:
+        self.deadlines.append(deadline)
+        return ShardReply("r", 1, ())
+
+
+async def test_the_budget_starts_when_the_bytes_arrive() -> None:
+    """The protocol layer stamps each read on the service's clock and the query's budget
+    starts there, not at the later instant its handler first runs."""
+    clock = TickingClock()
+    shard = RecordingShard()
+    app = create_app(
+        Coordinator([shard], clock=clock),
+        admission=Admission(LIMITS.admission(), clock),
+        settings=ServiceSettings(loop_lag_interval_s=0.0, reply_reserve_ms=2.0),
+    )
+    runner = create_runner(app, LIMITS)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        status, _, body = await _raw(
+            int(runner.addresses[0][1]),
+            b"GET /search?q=x&deadline_ms=100 HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+    finally:
+        await runner.cleanup()
+    assert status == 200, body
+    arrived_s, handler_started_s = clock.readings[0], clock.readings[1]
+    assert handler_started_s > arrived_s
+    (deadline,) = shard.deadlines
+    # 100 ms from the arrival, less the 2 ms kept for sending the answer.
+    assert deadline.expires_at_s == pytest.approx(arrived_s + 0.098)
