@@ -128,8 +128,9 @@ def _front_process(
 ) -> None:
     """Serve the aggregator and the naive peer until the parent closes ``conn``."""
     from aggregator.client import HttpShard, ShardClient
+    from aggregator.config import LimitsConfig
     from aggregator.coordinator import Coordinator
-    from aggregator.service import ServiceSettings, create_app
+    from aggregator.service import ServiceSettings, create_app, create_runner
 
     async def main() -> None:
         async with (
@@ -148,7 +149,13 @@ def _front_process(
             try:
                 urls = []
                 for app in (aggregator_app, naive_app):
-                    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+                    # The aggregator runs as the serve command runs it (its limits, JSON
+                    # errors, arrival stamps, early 503s); the peer on aiohttp's own runner.
+                    runner = (
+                        create_runner(app, LimitsConfig())
+                        if app is aggregator_app
+                        else web.AppRunner(app, handler_cancellation=True, access_log=None)
+                    )
                     await runner.setup()
                     runners.append(runner)
                     await web.TCPSite(runner, "127.0.0.1", 0).start()
