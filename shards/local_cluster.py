@@ -7,8 +7,9 @@ benchmarks::
         for endpoint in cluster.endpoints:
             print(endpoint.name, endpoint.url, endpoint.doc_count)
 
-Each server is an aiohttp runner built with ``handler_cancellation=True``, so a caller that
-disconnects cancels its backend call. A shard can be stopped and started again on the same port
+Each server is a :class:`shards.http_server.ShardHttpServer` (the lean HTTP/1.1 front end
+of :class:`shards.server.ShardService`), so a caller that disconnects cancels its backend
+call. A shard can be stopped and started again on the same port
 (:meth:`LocalShardCluster.stop_shard` / :meth:`LocalShardCluster.start_shard`) to rehearse a
 shard restart.
 """
@@ -20,15 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from aiohttp import web
-
 from aggregator.backend import ShardBackend
+from shards.http_server import ShardHttpServer
 from shards.server import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     ShardServerState,
-    create_shard_app,
-    shard_state,
+    ShardService,
 )
 
 __all__ = ["LocalShardCluster", "ShardEndpoint", "format_url"]
@@ -57,13 +56,13 @@ def format_url(host: str, port: int) -> str:
 
 
 class _Server:
-    __slots__ = ("app", "backend", "port", "runner")
+    __slots__ = ("backend", "http", "port", "service")
 
-    def __init__(self, backend: ShardBackend, app: web.Application, port: int) -> None:
+    def __init__(self, backend: ShardBackend, service: ShardService, port: int) -> None:
         self.backend = backend
-        self.app = app
+        self.service = service
         self.port = port
-        self.runner: web.AppRunner | None = None
+        self.http: ShardHttpServer | None = None
 
 
 class LocalShardCluster:
@@ -97,7 +96,7 @@ class LocalShardCluster:
         self._servers = [
             _Server(
                 backend,
-                create_shard_app(
+                ShardService(
                     backend, max_concurrency=max_concurrency, max_body_bytes=max_body_bytes
                 ),
                 0 if base_port == 0 else base_port + i,
@@ -136,30 +135,24 @@ class LocalShardCluster:
     async def start_shard(self, index: int) -> None:
         """Start shard ``index`` (again), on the port it had before if it ran already."""
         server = self._servers[index]
-        if server.runner is not None:
+        if server.http is not None:
             return
-        runner = web.AppRunner(
-            server.app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=self.shutdown_timeout_s,
+        http = ShardHttpServer(
+            server.service,
+            host=self.host,
+            port=server.port,
+            shutdown_timeout_s=self.shutdown_timeout_s,
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, server.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        server.port = int(runner.addresses[0][1])
-        server.runner = runner
+        await http.start()
+        server.port = http.port
+        server.http = http
 
     async def stop_shard(self, index: int) -> None:
         """Stop shard ``index``: close its listener, drain, drop its connections."""
         server = self._servers[index]
-        runner, server.runner = server.runner, None
-        if runner is not None:
-            await runner.cleanup()
+        http, server.http = server.http, None
+        if http is not None:
+            await http.close()
 
     # -- what is served -----------------------------------------------------------------------
 
@@ -178,11 +171,11 @@ class LocalShardCluster:
 
     def is_running(self, index: int) -> bool:
         """True while shard ``index`` is being served."""
-        return self._servers[index].runner is not None
+        return self._servers[index].http is not None
 
     def state(self, index: int) -> ShardServerState:
         """Live counters (in flight, served, shed, ...) of shard ``index``'s server."""
-        return shard_state(self._servers[index].app)
+        return self._servers[index].service.state
 
     def __len__(self) -> int:
         return len(self._servers)
