@@ -47,22 +47,24 @@ __all__ = [
     "TicketState",
 ]
 
-#: Queries one aggregator process runs at once.
+#: Queries one aggregator process runs at once: the ceiling of the adaptive limit.
 #:
-#: Why 8: the aggregator's own work per query (parse the request, eight shard round trips over
-#: HTTP, decode eight replies, merge, encode) is CPU on one event loop, measured at 4-6 ms on
-#: this project's 2-core machine (``python -m bench soak``), while a query spends ~15-20 ms in
-#: flight. Little's law sizes the limit: at the ~150-250 queries/s one process sustains, about
-#: 4 queries are in flight at saturation, so 8 never caps a healthy process. Far above that,
-#: admitted queries only queue for the CPU inside the loop, where no deadline can shed them:
-#: with 32 in flight, the soak at 5x capacity saw admitted queries reach their shards with the
-#: budget already spent and goodput collapse to ~5 answers/s; with 8 it kept ~230/s. It also
-#: stays far below the coordinator's per-shard bound (64), so admitted queries never wait on a
-#: shard slot.
-DEFAULT_MAX_IN_FLIGHT = 8
-#: Queries allowed to wait for a slot: as many as run. A burst of up to 2x the capacity is
-#: absorbed, each waiter waiting about one query lifetime; anything beyond is shed at once
-#: (503 + Retry-After, in microseconds) rather than left to time out in a queue.
+#: Why 32, and why a ceiling rather than the working limit: a slot is held by two kinds of
+#: query. With healthy shards a query costs ~2 ms of the loop's CPU and lives ~20 ms; with
+#: one slow shard it lives the whole budget and costs the same CPU. A fixed count cannot
+#: suit both: at 8, one shard answering after 1 s with a 100 ms deadline capped the service
+#: at ~83 queries/s and shed 13% of a 95 queries/s load while the loop sat mostly idle
+#: (``python -m bench http``). CPU overload is what the adaptive limit is for (see
+#: :data:`DEFAULT_MAX_LOOP_LAG_MS`): it cuts the limit as soon as the loop lags or is busy,
+#: and the standing-queue rule sheds arrivals while it binds, so the ceiling only has to bound
+#: memory and connections. 32 is the shard client's connection pool per shard, so an admitted
+#: query never waits for a connection to a shard. (Before the adaptive limit, 32 collapsed
+#: goodput under 5x overload, which is why the limit was 8; with it, the soak at 5x admits
+#: as much as at 8, see ``bench/RESULTS.md``.)
+DEFAULT_MAX_IN_FLIGHT = 32
+#: Queries allowed to wait for a slot while the limit binds. A short burst is absorbed, each
+#: waiter waiting about one query lifetime divided by the slots; anything beyond is shed at
+#: once (503 + Retry-After, in microseconds) rather than left to time out in a queue.
 DEFAULT_MAX_WAITING = 8
 #: Budget a waiting query must still have when it would start, in milliseconds (at most half
 #: its own budget); with less, starting it is wasted work (every shard call would be cut

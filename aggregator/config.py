@@ -10,7 +10,7 @@ A config file looks like ``docs/cluster.example.toml``::
     default_deadline_ms = 1000
 
     [limits]
-    max_in_flight = 8
+    max_in_flight = 32
 
     [[shards]]
     name = "s0"
