@@ -18,6 +18,9 @@ Bounds and overflow policies:
   413 at once (the rest of the body is not read) and the connection is closed.
 - **Pipelined requests**: answered in order, one at a time; at most ``max_pipelined`` wait
   behind the one running, and reading pauses until they drain (block).
+- **Unread replies**: while the transport's send buffer is over its high-water mark (a
+  client that sends without reading), reading pauses until it drains (block); what is
+  buffered for one client is bounded by that mark plus the replies to one read.
 - **Idle and slow clients**: a connection with no request running is closed after
   ``keepalive_s`` with nothing complete from it, so a head or body dripped byte by byte
   cannot hold a connection for longer.
@@ -203,14 +206,28 @@ class ShardHttpServer:
                     await self._idle.wait()
             except TimeoutError:
                 pass
+        leftover: list[asyncio.Task[None]] = []
         for connection in list(self._connections):
-            connection.close()
-        # Let the transports report connection_lost (which cancels leftover tasks) before
-        # the listener's own wait, so nothing outlives the server.
+            task = connection.task
+            # Abort, not close: a client that does not read would keep a closing transport
+            # (and its connection) alive until its unsent replies were flushed.
+            connection.abort()
+            if task is not None:
+                # connection_lost cancels it too, but only once the transport has flushed,
+                # which a client that does not read can put off indefinitely.
+                task.cancel()
+                leftover.append(task)
+        # Let the transports report connection_lost before the listener's own wait.
         for _ in range(3):
             if not self._connections:
                 break
             await asyncio.sleep(0)
+        if leftover:
+            # Wait for the cancelled searches to unwind (a step or two), so nothing outlives
+            # the server: a cancelled task is not a finished one, and its backend may still
+            # be running. A backend that ignores cancellation holds close() up, as it would
+            # a TaskGroup.
+            await asyncio.wait(leftover)
         await server.wait_closed()
 
     # -- bookkeeping for connections ---------------------------------------------------------
@@ -251,7 +268,8 @@ class _Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
-        self.paused = False
+        self.paused = False  # reading paused: too many pipelined requests in line
+        self.write_paused = False  # reading paused: the client is not reading its replies
         self.arrived_at_s = 0.0
         # The request being read.
         self.url = b""
@@ -260,6 +278,8 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.headers = 0
         self.in_head = False
+        self.heads = 0  # request heads begun on this connection
+        self.head_fed = 0  # bytes of chunks fed wholly inside the current head
         self.declared_bytes: int | None = None
         self.chunks: list[bytes] = []
         self.body_bytes = 0
@@ -296,6 +316,7 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.arrived_at_s = self.loop.time()
+        head = self.heads if self.in_head else -1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -305,6 +326,15 @@ class _Connection(asyncio.Protocol):
             self._refuse(_malformed("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
             self._refuse(_malformed(_parser_reason(exc)))
+        else:
+            if self.in_head and self.heads == head:
+                # httptools holds a header line back until it ends, so on_header never sees
+                # one that does not: count the chunks that fell wholly inside this head, or
+                # an endless line would grow in the parser without bound.
+                self.head_fed += len(data)
+                limit = self.server.max_head_bytes
+                if self.head_fed > limit:
+                    self._refuse(_malformed(f"request head larger than {limit} bytes"))
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -315,6 +345,8 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.headers = 0
         self.in_head = True
+        self.heads += 1
+        self.head_fed = 0
         self.declared_bytes = None
         self.chunks = []
         self.body_bytes = 0
@@ -339,6 +371,10 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if self.parser.should_upgrade():
+            # Refuse here: llhttp reports the upgrade (HttpParserUpgrade) only after the
+            # message is complete, by when the request would have been answered once already.
+            self._refuse_in_callback(_malformed("protocol upgrades are not supported"))
         declared = self.declared_bytes
         if declared is not None and declared > self.server.service.max_body_bytes:
             self._body_over_cap()
@@ -370,8 +406,7 @@ class _Connection(asyncio.Protocol):
         elif len(self.queue) > self.server.max_pipelined and not self.paused:
             # Block: stop reading until the requests already in line are answered.
             self.paused = True
-            if self.transport is not None:
-                self.transport.pause_reading()
+            self._update_reading()
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -393,8 +428,7 @@ class _Connection(asyncio.Protocol):
                 self.task = self.loop.create_task(self._search(request))
         if self.paused and len(self.queue) <= self.server.max_pipelined // 2:
             self.paused = False
-            if self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+            self._update_reading()
         if not self.queue and self.task is None and not self.closed:
             self._arm_idle_timer()
 
@@ -446,6 +480,33 @@ class _Connection(asyncio.Protocol):
         # Otherwise requests ahead of this one are still being answered: they end with the
         # connection, and the client sees it close instead of the refusal.
         self.close()
+
+    def pause_writing(self) -> None:
+        # The transport's send buffer is over its high-water mark: a client that pipelines
+        # requests without reading the replies. Block it: read nothing more until it drains,
+        # so the replies buffered for it stay bounded.
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            return
+        if self.paused or self.write_paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection at once, unsent replies and all."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+        self._disarm_idle_timer()
 
     def close(self) -> None:
         """Close the connection (a running search is cancelled when it is lost)."""
