@@ -80,7 +80,7 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class _Request:
     """One complete request, as the connection hands it on."""
 
-    __slots__ = ("arrived_at_s", "body", "deadline", "keep_alive", "method", "path")
+    __slots__ = ("arrived_at_s", "body", "deadline", "http10", "keep_alive", "method", "path")
 
     def __init__(
         self,
@@ -89,6 +89,7 @@ class _Request:
         deadline: str | None,
         body: bytes,
         keep_alive: bool,
+        http10: bool,
         arrived_at_s: float,
     ) -> None:
         self.method = method
@@ -96,6 +97,7 @@ class _Request:
         self.deadline = deadline
         self.body = body
         self.keep_alive = keep_alive
+        self.http10 = http10
         self.arrived_at_s = arrived_at_s
 
 
@@ -397,6 +399,7 @@ class _Connection(asyncio.Protocol):
             self.deadline,
             body,
             parser.should_keep_alive(),
+            parser.get_http_version() == "1.0",
             self.arrived_at_s,
         )
         self.queue.append(request)
@@ -449,12 +452,27 @@ class _Connection(asyncio.Protocol):
         self._serve_queue()
 
     def _respond(self, response: ShardResponse, request: _Request) -> None:
-        keep_alive = request.keep_alive
-        self._write(response, keep_alive=keep_alive, with_body=request.method != b"HEAD")
+        # While the server shuts down, every reply is the connection's last, so nothing new
+        # starts on a connection that was open before (what was pipelined behind the reply
+        # is dropped with the connection, as HTTP allows: the client sends it again).
+        keep_alive = request.keep_alive and self.server.is_serving
+        self._write(
+            response,
+            keep_alive=keep_alive,
+            with_body=request.method != b"HEAD",
+            announce_keep_alive=keep_alive and request.http10,
+        )
         if not keep_alive:
             self.close()
 
-    def _write(self, response: ShardResponse, *, keep_alive: bool, with_body: bool) -> None:
+    def _write(
+        self,
+        response: ShardResponse,
+        *,
+        keep_alive: bool,
+        with_body: bool,
+        announce_keep_alive: bool = False,
+    ) -> None:
         transport = self.transport
         if transport is None or self.closed:
             return
@@ -468,6 +486,8 @@ class _Connection(asyncio.Protocol):
             parts.append(f"{name}: {value}\r\n".encode("latin-1"))
         if not keep_alive:
             parts.append(b"Connection: close\r\n")
+        elif announce_keep_alive:  # HTTP/1.0 closes unless told otherwise
+            parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if with_body:
             parts.append(response.body)

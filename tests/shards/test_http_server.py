@@ -699,3 +699,34 @@ async def test_close_does_not_wait_for_a_client_that_does_not_read(harness: Harn
     async with asyncio.timeout(GUARD_S):
         await server.close()
     assert server.connections == 0
+
+
+async def test_a_closing_server_starts_no_new_search(harness: Harness) -> None:
+    """While close() drains, the running search's reply is its connection's last: a search
+    pipelined behind it is never started."""
+    backend = GatedShard()
+    server = await harness.start(backend, shutdown_timeout_s=GUARD_S * 2)
+    conn = await harness.connect(server)
+    conn.send(search_request() + search_request())
+    await backend.wait_started(1)
+    closing = asyncio.create_task(server.close())
+    await asyncio.sleep(0)  # let close() stop the listener
+    backend.release.set()
+    first = await conn.reply()
+    assert first.status == 200
+    assert first.headers["connection"] == "close"
+    assert await conn.rest() == b""
+    async with asyncio.timeout(GUARD_S):
+        await closing
+    assert backend.started == 1
+
+
+async def test_http10_keep_alive_is_announced(harness: Harness) -> None:
+    """An HTTP/1.0 request asking for keep-alive is told the connection stays open."""
+    server = await harness.start()
+    conn = await harness.connect(server)
+    request = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    reply = await conn.exchange(request)
+    assert reply.status == 200
+    assert reply.headers["connection"] == "keep-alive"
+    assert (await conn.exchange(request)).status == 200
