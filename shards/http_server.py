@@ -215,8 +215,8 @@ class ShardHttpServer:
             # (and its connection) alive until its unsent replies were flushed.
             connection.abort()
             if task is not None:
-                # connection_lost cancels it too, but only once the transport has flushed,
-                # which a client that does not read can put off indefinitely.
+                # connection_lost would cancel it too, an iteration later: cancel it now, so
+                # the wait below covers exactly the searches that were still running.
                 task.cancel()
                 leftover.append(task)
         # Let the transports report connection_lost before the listener's own wait.
