@@ -39,7 +39,6 @@ __all__ = [
     "DEFAULT_MAX_WAITING",
     "DEFAULT_MIN_BUDGET_MS",
     "DEFAULT_STANDING_QUEUE_MS",
-    "INITIAL_LIMIT",
     "Admission",
     "AdmissionLimits",
     "AdmissionQueue",
@@ -61,8 +60,7 @@ __all__ = [
 #: memory and connections. 32 is the shard client's connection pool per shard, so an admitted
 #: query never waits for a connection to a shard. (Before the adaptive limit, 32 collapsed
 #: goodput under 5x overload, which is why the limit was 8; with it, the soak at 5x admits
-#: as much as at 8, see ``bench/RESULTS.md``.) The limit starts at :data:`INITIAL_LIMIT` and
-#: earns its way up to the ceiling.
+#: as much as at 8, see ``bench/RESULTS.md``.)
 DEFAULT_MAX_IN_FLIGHT = 32
 #: Queries allowed to wait for a slot while the limit binds. A short burst is absorbed, each
 #: waiter waiting about one query lifetime divided by the slots; anything beyond is shed at
@@ -105,22 +103,6 @@ DEFAULT_STANDING_QUEUE_MS = 100.0
 _HOLD_EWMA_ALPHA = 0.1
 #: Share of the in-flight limit kept when the loop lags (multiplicative decrease).
 _LIMIT_DECREASE = 0.75
-#: Where the adaptive limit starts, and the least it decays to while it does not bind.
-#:
-#: Why not start at the ceiling: a limit is only known to be safe once the loop has been
-#: quiet with that many queries running. Started at 32 (or left there by an earlier quiet
-#: spell), a burst from nothing admitted 32 queries at once and set up a hundred client
-#: connections in the same instant: the soak's sheds in the overload's first 100 ms took
-#: 126-130 ms (RESULTS, soak section). 8 is the old fixed default, measured safe under 5x
-#: overload; while it binds on a quiet loop the limit grows by a quarter per sample, so a
-#: load that needs 32 slots has them within about 175 ms.
-INITIAL_LIMIT = 8
-#: Share of the limit a sample grows it by while it binds on a quiet loop (at least one slot).
-_LIMIT_INCREASE = 0.25
-#: Share of the limit a sample takes back while it does not bind and is more than twice
-#: what the queries of the last interval used (at least one slot): a limit must be earned
-#: by use, as TCP's congestion window is after an idle spell (RFC 7661).
-_LIMIT_DECAY = 0.125
 
 
 class TicketState(StrEnum):
@@ -253,7 +235,6 @@ class AdmissionQueue:
         "_in_flight",
         "_limit",
         "_overloaded_until_s",
-        "_peak_in_flight",
         "_queue_since_s",
         "_seq",
         "_waiting",
@@ -268,12 +249,7 @@ class AdmissionQueue:
         self.clock: Clock = clock or LoopClock()
         self._clients: dict[str, _Client] = {}
         self._in_flight = 0
-        self._limit = (
-            self.limits.max_in_flight
-            if self.limits.max_loop_lag_ms is None
-            else min(self.limits.max_in_flight, INITIAL_LIMIT)
-        )
-        self._peak_in_flight = 0  # most queries running at once since the last loop sample
+        self._limit = self.limits.max_in_flight
         self._waiting = 0
         self._seq = 0
         self._hold_s_ewma = 0.0
@@ -298,8 +274,7 @@ class AdmissionQueue:
 
     @property
     def limit(self) -> int:
-        """Queries allowed in flight now: at most ``max_in_flight``; with the adaptive limit,
-        it starts at :data:`INITIAL_LIMIT` and follows the loop (:meth:`on_loop_sample`)."""
+        """Queries allowed in flight now: ``max_in_flight``, or less while the loop lags."""
         return self._limit
 
     def overloaded(self) -> bool:
@@ -448,39 +423,30 @@ class AdmissionQueue:
         """One sample of the event loop (its lag, and its thread's busy share since the last
         sample): adapt the in-flight limit; return the tickets admitted because it rose.
 
-        While the limit is what holds queries back (it was reached since the last sample, or
-        some wait), so that a service below its capacity never sheds for it: a lag over
-        ``max_loop_lag_ms`` or a busy share over ``max_loop_busy`` cuts it to three quarters
-        (at least 1); a lag under half of the first and a busy share a tenth under the
-        second raise it by a quarter (at least one slot), up to ``max_in_flight``. While it
-        does not bind, a limit above :data:`INITIAL_LIMIT` and above twice the most queries
-        that ran at once since the last sample loses an eighth (at least one slot), never
-        going below either. Multiplicative decrease as in TCP and adaptive concurrency
-        limiters; the growth and the decay play slow start and the congestion window's
-        validation after an idle spell. Queries already running keep their slots. Nothing
-        changes when ``max_loop_lag_ms`` is ``None``.
+        Additive increase, multiplicative decrease, as TCP and adaptive concurrency limiters
+        do, and only while the limit is what holds queries back (every slot taken, or some
+        waiting), so a service below its capacity never sheds for it: a lag over
+        ``max_loop_lag_ms`` or a busy share over ``max_loop_busy`` cuts the limit to three
+        quarters (at least 1); a lag under half of the first and a busy share a tenth under
+        the second raise it by one, up to ``max_in_flight``. Queries already running keep
+        their slots. Nothing changes when ``max_loop_lag_ms`` is ``None``.
         """
         limits = self.limits
         target_ms = limits.max_loop_lag_ms
         if target_ms is None:
             return []
-        peak, self._peak_in_flight = self._peak_in_flight, self._in_flight
-        limit = self._limit
-        if max(peak, self._in_flight) < limit and self._waiting == 0:
-            floor = max(INITIAL_LIMIT, 2 * peak)
-            if limit > floor:
-                self._limit = max(floor, limit - max(1, int(limit * _LIMIT_DECAY)))
+        if self._in_flight < self._limit and self._waiting == 0:
             return []
         lag_ms = lag_s * 1000.0
         if lag_ms > target_ms or busy_share > limits.max_loop_busy:
-            self._limit = max(1, int(limit * _LIMIT_DECREASE))
+            self._limit = max(1, int(self._limit * _LIMIT_DECREASE))
             return []
         if (
             lag_ms < target_ms / 2.0
             and busy_share < limits.max_loop_busy - 0.1
-            and limit < limits.max_in_flight
+            and self._limit < limits.max_in_flight
         ):
-            self._limit = min(limits.max_in_flight, limit + max(1, int(limit * _LIMIT_INCREASE)))
+            self._limit += 1
             return self._grant(self.clock.now_s())
         return []
 
@@ -511,8 +477,6 @@ class AdmissionQueue:
         ticket.admitted_at_s = now
         entry.in_flight += 1
         self._in_flight += 1
-        if self._in_flight > self._peak_in_flight:
-            self._peak_in_flight = self._in_flight
         self.admitted_total += 1
 
     def _shed(self, ticket: Ticket, reason: ShedReason, message: str) -> None:

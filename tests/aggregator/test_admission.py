@@ -8,7 +8,6 @@ import pytest
 
 from aggregator import Deadline, ManualClock, Overloaded
 from aggregator.admission import (
-    INITIAL_LIMIT,
     Admission,
     AdmissionLimits,
     AdmissionQueue,
@@ -327,57 +326,6 @@ def test_a_raised_limit_admits_waiters_at_once() -> None:
     assert queue.on_loop_sample(0.0, 0.0) == [waiter]
     assert (queue.limit, waiter.state) == (2, TicketState.ADMITTED)
     assert first.state is TicketState.ADMITTED
-
-
-def test_the_adaptive_limit_starts_at_the_initial_limit_and_grows_by_a_quarter() -> None:
-    """With a ceiling of 32 the limit starts at 8; each quiet sample while it binds adds a
-    quarter (8, 10, 12, 15, 18, 22, 27, 33 capped to 32), admitting waiters as it grows."""
-    queue, clock = _queue(max_in_flight=32, max_waiting=32)
-    assert queue.limit == INITIAL_LIMIT == 8
-    _saturate(queue, clock)
-    waiters = [_arrive(queue, clock, "b") for _ in range(32)]
-    assert all(t.state is TicketState.WAITING for t in waiters)
-    limits = []
-    for _ in range(8):
-        queue.on_loop_sample(0.0, 0.0)
-        limits.append(queue.limit)
-    assert limits == [10, 12, 15, 18, 22, 27, 32, 32]
-    assert queue.in_flight == 32
-    assert sum(t.state is TicketState.ADMITTED for t in waiters) == 24
-
-
-def test_an_unused_limit_decays_to_twice_the_peak_and_never_below_the_initial() -> None:
-    """While the limit does not bind, each sample takes an eighth of it back, down to twice
-    the most queries that ran at once since the last sample, and never below 8."""
-    queue, clock = _queue(max_in_flight=32, max_waiting=32)
-    running = _saturate(queue, clock)
-    for _ in range(24):
-        running.append(_arrive(queue, clock, "b"))
-        queue.on_loop_sample(0.0, 0.0)
-    assert (queue.limit, queue.in_flight) == (32, 32)
-    for ticket in running[9:]:
-        queue.release(ticket)  # 9 still run: the limit may not go under 18
-    limits = []
-    for _ in range(6):
-        queue.on_loop_sample(0.0, 0.0)
-        limits.append(queue.limit)
-    # The first sample still sees the interval's peak of 32 running.
-    assert limits == [32, 28, 25, 22, 20, 18]
-    for ticket in running[:9]:
-        queue.release(ticket)
-    for _ in range(10):
-        queue.on_loop_sample(0.0, 0.0)
-    assert queue.limit == INITIAL_LIMIT
-
-
-def test_a_short_burst_between_samples_counts_as_binding() -> None:
-    """A limit reached and left again between two samples still bound: a lagging sample
-    cuts it, though no slot is taken at the instant of the sample."""
-    queue, clock = _queue(max_in_flight=8, max_waiting=8)
-    for ticket in _saturate(queue, clock):
-        queue.release(ticket)
-    queue.on_loop_sample(0.010, 1.0)
-    assert queue.limit == 6
 
 
 def test_a_fixed_limit_ignores_the_loop() -> None:
