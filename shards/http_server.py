@@ -15,7 +15,9 @@ Bounds and overflow policies:
 - **Request head**: at most ``max_head_bytes`` (request line and headers) and
   ``max_headers`` headers; over either, 400 ``MalformedHttp`` and the connection is closed.
 - **Request body**: at most the service's ``max_body_bytes``, declared or as read; over it,
-  413 at once (the rest of the body is not read) and the connection is closed.
+  413 at once (the rest of the body is not read) and the connection is closed. A whole
+  request, chunk framing and trailers included, may take at most twice ``max_head_bytes``
+  plus ``max_body_bytes`` (413 too).
 - **Pipelined requests**: answered in order, one at a time; at most ``max_pipelined`` wait
   behind the one running, and reading pauses until they drain (block).
 - **Unread replies**: while the transport's send buffer is over its high-water mark (a
@@ -282,6 +284,8 @@ class _Connection(asyncio.Protocol):
         self.in_head = False
         self.heads = 0  # request heads begun on this connection
         self.head_fed = 0  # bytes of chunks fed wholly inside the current head
+        self.in_message = False  # between a request's first byte and its last
+        self.message_fed = 0  # bytes of chunks fed wholly inside the current request
         self.declared_bytes: int | None = None
         self.chunks: list[bytes] = []
         self.body_bytes = 0
@@ -319,6 +323,7 @@ class _Connection(asyncio.Protocol):
             return
         self.arrived_at_s = self.loop.time()
         head = self.heads if self.in_head else -1
+        message = self.heads if self.in_message else -1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -337,6 +342,15 @@ class _Connection(asyncio.Protocol):
                 limit = self.server.max_head_bytes
                 if self.head_fed > limit:
                     self._refuse(_malformed(f"request head larger than {limit} bytes"))
+            elif self.in_message and self.heads == message:
+                # The same for the body's framing: chunk-size lines and trailers are not body
+                # bytes, and a trailer line that never ends grows in the parser too. A whole
+                # request may take its head, twice its body (room for chunk framing) and a
+                # head's worth of trailers.
+                self.message_fed += len(data)
+                server = self.server
+                if self.message_fed > 2 * (server.max_head_bytes + server.service.max_body_bytes):
+                    self._refuse(server.service.too_large())
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -349,6 +363,8 @@ class _Connection(asyncio.Protocol):
         self.in_head = True
         self.heads += 1
         self.head_fed = 0
+        self.in_message = True
+        self.message_fed = 0
         self.declared_bytes = None
         self.chunks = []
         self.body_bytes = 0
@@ -390,6 +406,7 @@ class _Connection(asyncio.Protocol):
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         parser = self.parser
         body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks = []

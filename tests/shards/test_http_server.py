@@ -349,6 +349,30 @@ async def test_chunked_body_growing_over_cap_is_413(harness: Harness) -> None:
     assert backend.calls == 0
 
 
+async def test_an_endless_trailer_is_cut_at_the_request_bound(harness: Harness) -> None:
+    """A chunked request whose trailer line never ends is refused with 413 once the whole
+    request passes twice (max_head_bytes + max_body_bytes), not buffered without bound."""
+    backend = ScriptedShard("s", 0.0)
+    server = await harness.start(backend, max_body_bytes=1024, max_head_bytes=1024)
+    conn = await harness.connect(server)
+    conn.send(
+        b"POST /search HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"q":\r\n5\r\n "x"}\r\n0\r\nX-Trailer: '
+    )
+    reply = None
+    async with asyncio.timeout(GUARD_S):
+        for _ in range(64):  # up to 64 KiB, in reads the server takes one at a time
+            conn.send(b"a" * 1024)
+            await conn.writer.drain()
+            await asyncio.sleep(0.001)
+            if server.service.state.failed:
+                break
+        reply = await conn.reply()
+    assert reply.status == 413
+    assert await conn.rest() == b""
+    assert backend.calls == 0
+
+
 async def test_chunked_body_under_cap_is_served(harness: Harness) -> None:
     """A chunked body within the cap is reassembled and searched."""
     server = await harness.start(max_body_bytes=1024)
