@@ -46,7 +46,7 @@ from aggregator.admission import AdmissionQueue
 from aggregator.errors import Overloaded
 from aggregator.wire import dump_json, error_to_dict
 
-__all__ = ["HTTP_ERROR_TYPES", "EarlyShed", "ServiceAppRunner"]
+__all__ = ["HTTP_ERROR_TYPES", "EarlyShed", "ServiceAppRunner", "parser_reason"]
 
 #: Error type names of the HTTP statuses the service answers itself.
 HTTP_ERROR_TYPES = {
@@ -203,7 +203,7 @@ class _ServiceRequestHandler(web.RequestHandler):
     ) -> web.StreamResponse:
         """The JSON error for a request the protocol layer could not hand to the app."""
         super().handle_error(request, status, exc, message)
-        reason = "internal error" if status >= 500 else _parser_reason(message)
+        reason = "internal error" if status >= 500 else parser_reason(message)
         kind = "MalformedHttp" if status == 400 else HTTP_ERROR_TYPES.get(status, "HttpError")
         response = web.Response(
             body=dump_json(error_to_dict(kind, reason)),
@@ -214,7 +214,7 @@ class _ServiceRequestHandler(web.RequestHandler):
         return response
 
 
-def _parser_reason(message: str | None) -> str:
+def parser_reason(message: str | None) -> str:
     """The first line of the parser's message (later lines draw a caret under the input),
     capped: it may quote the offending bytes."""
     first = (message or "").strip().split("\n", 1)[0].rstrip(": ")

@@ -48,6 +48,7 @@ from typing import Final, cast
 
 import httptools
 
+from aggregator.http_protocol import parser_reason
 from shards.server import DEADLINE_HEADER, ShardResponse, ShardService, error_response
 
 __all__ = [
@@ -282,10 +283,9 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.headers = 0
         self.in_head = False
-        self.heads = 0  # request heads begun on this connection
-        self.head_fed = 0  # bytes of chunks fed wholly inside the current head
+        self.messages = 0  # requests begun on this connection
         self.in_message = False  # between a request's first byte and its last
-        self.message_fed = 0  # bytes of chunks fed wholly inside the current request
+        self.fed = 0  # bytes of reads that fell wholly inside the current request
         self.declared_bytes: int | None = None
         self.chunks: list[bytes] = []
         self.body_bytes = 0
@@ -322,8 +322,7 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.arrived_at_s = self.loop.time()
-        head = self.heads if self.in_head else -1
-        message = self.heads if self.in_message else -1
+        message = self.messages if self.in_message else -1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -332,24 +331,22 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(_malformed("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            self._refuse(_malformed(_parser_reason(exc)))
+            self._refuse(_malformed(parser_reason(str(exc))))
         else:
-            if self.in_head and self.heads == head:
-                # httptools holds a header line back until it ends, so on_header never sees
-                # one that does not: count the chunks that fell wholly inside this head, or
-                # an endless line would grow in the parser without bound.
-                self.head_fed += len(data)
-                limit = self.server.max_head_bytes
-                if self.head_fed > limit:
-                    self._refuse(_malformed(f"request head larger than {limit} bytes"))
-            elif self.in_message and self.heads == message:
-                # The same for the body's framing: chunk-size lines and trailers are not body
-                # bytes, and a trailer line that never ends grows in the parser too. A whole
-                # request may take its head, twice its body (room for chunk framing) and a
-                # head's worth of trailers.
-                self.message_fed += len(data)
+            if self.in_message and self.messages == message:
+                # httptools holds a header or trailer line back until it ends, so the
+                # callbacks never see one that does not, and chunk-size lines are not body
+                # bytes: count the reads that fell wholly inside this request, or an endless
+                # line would grow in the parser without bound. Still in the head, the head's
+                # bound applies; after it, a whole request may take its head, twice its body
+                # (room for chunk framing) and a head's worth of trailers.
+                self.fed += len(data)
                 server = self.server
-                if self.message_fed > 2 * (server.max_head_bytes + server.service.max_body_bytes):
+                if self.in_head:
+                    if self.fed > server.max_head_bytes:
+                        limit = server.max_head_bytes
+                        self._refuse(_malformed(f"request head larger than {limit} bytes"))
+                elif self.fed > 2 * (server.max_head_bytes + server.service.max_body_bytes):
                     self._refuse(server.service.too_large())
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -361,10 +358,9 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.headers = 0
         self.in_head = True
-        self.heads += 1
-        self.head_fed = 0
+        self.messages += 1
         self.in_message = True
-        self.message_fed = 0
+        self.fed = 0
         self.declared_bytes = None
         self.chunks = []
         self.body_bytes = 0
@@ -588,14 +584,3 @@ def _malformed(reason: str) -> ShardResponse:
 
 def _phrase(status: int) -> bytes:
     return _PHRASES.get(status, b"Unknown")
-
-
-#: Longest parser message echoed in a reason.
-_MAX_PARSER_REASON_CHARS = 120
-
-
-def _parser_reason(exc: Exception) -> str:
-    first = (str(exc) or "malformed HTTP request").strip().split("\n", 1)[0]
-    if len(first) > _MAX_PARSER_REASON_CHARS:
-        return first[: _MAX_PARSER_REASON_CHARS - 3] + "..."
-    return first
