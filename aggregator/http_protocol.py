@@ -21,15 +21,18 @@ Three things are done here, per connection, before aiohttp builds a request obje
   the bytes it came in, without the request object, task, middleware, handler and response
   object aiohttp would build for it: about 200 microseconds of the event loop per 503 at 5x
   overload, when the loop is the one resource short. The reply has the same status, headers
-  and JSON body as the handler's own 503, and is counted the same way.
+  and JSON body as the handler's own 503, and is counted the same way. An arrival let
+  through to a free slot is promised it, so the rest of a burst read in the same iteration
+  is refused here too rather than all going the slow way to be shed by the handler.
 
   Why it is safe: a connection takes this path only while every byte it has sent was whole,
-  bodyless ``GET`` heads (so aiohttp's parser holds nothing half-read), only when the
-  connection is idle (aiohttp is waiting for its next request and has none queued, so no
-  reply is overtaken), and never for a request with ``Connection``, ``Upgrade`` or ``Expect``
-  headers or HTTP/1.0 (which change what happens after the reply). Anything else goes through
-  aiohttp unchanged. With a bearer token configured the path is off, so an unauthenticated
-  client is told 401 before anything else.
+  bodyless ``GET`` heads (so aiohttp's parser holds nothing half-read), only between requests
+  (none queued, no handler running, every reply written: aiohttp is waiting for the next
+  request, or has yet to start waiting, so no reply is overtaken), and never for a request
+  with ``Connection``, ``Upgrade`` or ``Expect`` headers or HTTP/1.0 (which change what
+  happens after the reply). Anything else goes through aiohttp unchanged. With a bearer
+  token configured the path is off, so an unauthenticated client is told 401 before
+  anything else.
 """
 
 from __future__ import annotations
@@ -175,15 +178,18 @@ class _ServiceRequestHandler(web.RequestHandler):
         super().data_received(data)
 
     def _idle(self) -> bool:
-        """Waiting for the next request, none queued, none running: a reply now is in order."""
+        """Between requests: none queued, none running, every reply written; a reply now is
+        in order."""
         waiter = self._waiter
-        return (
-            waiter is not None
-            and not waiter.done()
-            and not self._messages
-            and not self._force_close
-            and not self._close
-        )
+        if waiter is None:
+            # The request loop has not reached its wait: either it has not run yet (a new
+            # connection) or it is finishing the last request's bookkeeping after its reply
+            # was written. Both are between requests unless a handler still runs.
+            if getattr(self, "_request_in_progress", True):
+                return False
+        elif waiter.done():
+            return False
+        return not self._messages and not self._force_close and not self._close
 
     def _keep_alive_after_early_reply(self) -> None:
         """What aiohttp does after a reply: the connection stays open, idle from now."""

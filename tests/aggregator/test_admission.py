@@ -42,6 +42,10 @@ def _far(clock: ManualClock) -> Deadline:
     return Deadline.after(clock.now_s(), 60_000)
 
 
+#: The reason an arrival is refused while the service is overloaded.
+_OVERLOADED = "overloaded: no free slot, and the wait queue is not draining"
+
+
 def _arrive(queue: AdmissionQueue, clock: ManualClock, client: str) -> Ticket:
     ticket, evicted = queue.arrive(client, _far(clock))
     assert evicted == []
@@ -528,3 +532,52 @@ def test_refuse_arrival_answers_only_when_any_arrival_would_be_shed() -> None:
     _arrive(no_line, line_clock, "a")
     assert no_line.refuse_arrival() == "overloaded: the wait queue is full"
     assert no_line.shed_total[ShedReason.QUEUE_FULL] == 1
+
+
+def test_refuse_arrival_promises_the_free_slot_it_lets_an_arrival_through_for() -> None:
+    """While overloaded, the arrival let through to the one free slot is promised it: the
+    arrivals read after it, before it reaches arrive, are refused; once it arrives, the
+    promise is spent and the next refusal counts the slot as taken for real."""
+    queue, clock = _standing_queue()
+    running = _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "a")
+    clock.advance(0.101)
+    assert queue.refuse_arrival() is not None  # overloaded, no free slot
+    assert queue.release(running) == [waiter]
+    assert queue.release(waiter) == []  # a free slot, still overloaded
+    assert queue.refuse_arrival() is None  # let through, and promised the slot
+    assert queue.claimed == 1
+    assert [queue.refuse_arrival() for _ in range(3)] == [_OVERLOADED] * 3
+    assert _arrive(queue, clock, "b").state is TicketState.ADMITTED
+    assert queue.claimed == 0
+    assert queue.refuse_arrival() == _OVERLOADED
+    assert queue.shed_total[ShedReason.OVERLOAD] == 5
+
+
+def test_a_promised_slot_is_free_again_after_the_promise_expires() -> None:
+    """An arrival let through that never reaches arrive (say, a malformed query answered
+    400) holds its slot's promise for 20 ms only."""
+    queue, clock = _standing_queue()
+    running = _arrive(queue, clock, "a")
+    waiter = _arrive(queue, clock, "a")
+    clock.advance(0.101)
+    assert queue.refuse_arrival() is not None
+    queue.release(running)
+    queue.release(waiter)
+    assert queue.refuse_arrival() is None
+    clock.advance(0.019)
+    assert queue.refuse_arrival() == _OVERLOADED
+    clock.advance(0.002)
+    assert queue.claimed == 0
+    assert queue.refuse_arrival() is None  # the slot is offered again
+    assert queue.claimed == 1
+
+
+def test_promises_never_exceed_the_free_slots() -> None:
+    """Without overload, arrivals beyond the promised slots are let through unpromised (the
+    handler queues or sheds them), and promises are bounded by the limit."""
+    queue, clock = _queue(max_in_flight=2, max_waiting=2)
+    assert [queue.refuse_arrival() for _ in range(5)] == [None] * 5
+    assert queue.claimed == 2
+    _arrive(queue, clock, "a")
+    assert queue.claimed == 1

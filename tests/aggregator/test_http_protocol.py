@@ -224,3 +224,35 @@ async def test_the_budget_starts_when_the_bytes_arrive() -> None:
     (deadline,) = shard.deadlines
     # 100 ms from the arrival, less the 2 ms kept for sending the answer.
     assert deadline.expires_at_s == pytest.approx(arrived_s + 0.098)
+
+
+async def test_between_requests_covers_the_gap_before_aiohttp_waits_again() -> None:
+    """A connection counts as between requests (early 503 allowed) while aiohttp's request
+    loop waits, and also after a reply is written but before the loop waits again (or before
+    it first runs); never while a handler runs or a request is queued. Pins the aiohttp
+    attributes the check reads, so an upgrade that renames them fails here."""
+    from aggregator.http_protocol import _ServiceRequestHandler
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    loop = asyncio.get_running_loop()
+    connection = _ServiceRequestHandler(
+        web.Server(handler), early_shed=None, arrival_clock=None, loop=loop
+    )
+    assert connection._waiter is None
+    assert connection._request_in_progress is False
+    assert connection._idle()  # not started yet: nothing sent, nothing owed
+    connection._request_in_progress = True
+    assert not connection._idle()  # a handler runs: a reply now would overtake its reply
+    connection._request_in_progress = False
+    connection._waiter = loop.create_future()
+    assert connection._idle()  # waiting for the next request
+    connection._waiter.set_result(None)
+    assert not connection._idle()  # woken for a request it has not taken yet
+    connection._waiter = None
+    connection._messages.append((object(), object()))  # type: ignore[arg-type]
+    assert not connection._idle()  # a request queued behind
+    connection._messages.clear()
+    connection.force_close()
+    assert not connection._idle()
