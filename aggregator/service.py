@@ -63,6 +63,7 @@ __all__ = [
     "ServiceSettings",
     "create_app",
     "create_runner",
+    "create_site",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,18 @@ def create_app(
     if settings.loop_lag_interval_s > 0:
         app.cleanup_ctx.append(service.loop_lag_context)
     return app
+
+
+def create_site(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    limits: LimitsConfig,
+    *,
+    reuse_port: bool | None = None,
+) -> web.TCPSite:
+    """The TCP listener the service is served on, with ``limits.listen_backlog``."""
+    return web.TCPSite(runner, host, port, backlog=limits.listen_backlog, reuse_port=reuse_port)
 
 
 def create_runner(app: web.Application, limits: LimitsConfig) -> web.AppRunner:

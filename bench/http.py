@@ -130,7 +130,7 @@ def _front_process(
     from aggregator.client import HttpShard, ShardClient
     from aggregator.config import LimitsConfig
     from aggregator.coordinator import Coordinator
-    from aggregator.service import ServiceSettings, create_app, create_runner
+    from aggregator.service import ServiceSettings, create_app, create_runner, create_site
 
     async def main() -> None:
         async with (
@@ -158,7 +158,8 @@ def _front_process(
                     )
                     await runner.setup()
                     runners.append(runner)
-                    await web.TCPSite(runner, "127.0.0.1", 0).start()
+                    # One listen backlog for both, the serve command's.
+                    await create_site(runner, "127.0.0.1", 0, LimitsConfig()).start()
                     urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}/search")
                 freeze_startup_heap()  # for both services, as the serve command does
                 conn.send(urls)

@@ -47,8 +47,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from aiohttp import web
-
 from aggregator._cli import LOOP_CHOICES, run_loop
 from aggregator._runtime import freeze_startup_heap
 from aggregator.admission import Admission
@@ -69,7 +67,7 @@ from aggregator.config import (
 )
 from aggregator.coordinator import Coordinator, CoordinatorConfig
 from aggregator.errors import ConfigError, ShardError, ShardUnavailable
-from aggregator.service import ServiceSettings, create_app, create_runner
+from aggregator.service import ServiceSettings, create_app, create_runner, create_site
 from aggregator.tail import TailConfig, TailTolerantPlanner
 
 __all__ = ["MAX_WORKERS", "STARTUP_PROBE_S", "TOKEN_ENV", "ServePlan", "add_arguments", "run"]
@@ -270,7 +268,7 @@ async def _run_service(
         runner = create_runner(app, limits)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, plan.host, plan.port, reuse_port=reuse_port or None)
+            site = create_site(runner, plan.host, plan.port, limits, reuse_port=reuse_port or None)
             await site.start()
             # Start-up is done: keep full collections from walking the long-lived heap.
             freeze_startup_heap()

@@ -38,7 +38,7 @@ from aggregator.client import HttpShard, ShardClient
 from aggregator.commands import serve as serve_command
 from aggregator.config import LimitsConfig, ServerConfig, parse_config
 from aggregator.errors import ConfigError
-from aggregator.service import ServiceSettings, create_app, create_runner
+from aggregator.service import ServiceSettings, create_app, create_runner, create_site
 from shards.commands import serve as shards_serve_command
 from shards.local_cluster import LocalShardCluster
 from shards.sim import simulated_cluster
@@ -488,6 +488,36 @@ async def test_stalled_request_head_is_dropped(served_here: int, request_bytes: 
     waited_s, answer = await _wait_for_answer(served_here, request_bytes, 600.0)
     assert answer != b"<no answer>", "the connection was still open after 600 s"
     assert waited_s <= LIMITS.idle_timeout_ms / 1000.0 + 1.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's TCP_INFO")
+async def test_the_listener_holds_listen_backlog_connections() -> None:
+    """The service listens with ``[limits] listen_backlog`` (default 1024, not aiohttp's 128),
+    as the kernel reports it for the listening socket (TCP_INFO's ``tcpi_sacked``, which is
+    what ``ss -l`` shows as Send-Q); the key is read from config and bounded."""
+    import socket
+    import struct
+
+    assert LimitsConfig().listen_backlog == 1024
+    base = '[[shards]]\nname = "a"\nurl = "http://127.0.0.1:9"\n[limits]\n'
+    assert parse_config(base + "listen_backlog = 300").limits.listen_backlog == 300
+    with pytest.raises(ConfigError, match="listen_backlog"):
+        parse_config(base + "listen_backlog = 0")
+    limits = LimitsConfig(listen_backlog=300)
+    runner = create_runner(create_app(Coordinator(simulated_cluster(1, "constant:0ms"))), limits)
+    await runner.setup()
+    try:
+        site = create_site(runner, "127.0.0.1", 0, limits)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        (listener,) = server.sockets
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        # struct tcp_info: eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked
+        unacked, sacked = struct.unpack_from("II", info, 24)
+        assert (unacked, sacked) == (0, 300)
+    finally:
+        await runner.cleanup()
 
 
 def test_idle_timeout_is_bounded_and_configurable() -> None:
