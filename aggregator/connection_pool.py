@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Final, cast
@@ -43,11 +44,14 @@ _USER_AGENT: Final = b"fanout-aggregator"
 
 @dataclass(frozen=True, slots=True)
 class HttpReply:
-    """A complete reply: status code, body (cut at the cap when truncating), Content-Encoding."""
+    """A complete reply: status code, body (cut at the cap when truncating), Content-Encoding,
+    and when its last byte was parsed (``time.perf_counter``): a load generator times the
+    reply from there, not from when its task next runs."""
 
     status: int
     body: bytes
     content_encoding: str
+    completed_at_s: float = 0.0
 
 
 class _ClosedBeforeReply(Exception):
@@ -247,7 +251,8 @@ class _Connection(asyncio.Protocol):
     def _succeed(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(HttpReply(self.status, b"".join(self.chunks), self.encoding))
+            body = b"".join(self.chunks)
+            waiter.set_result(HttpReply(self.status, body, self.encoding, time.perf_counter()))
 
     def _fail(self, exc: ShardError) -> None:
         waiter = self.waiter

@@ -27,7 +27,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ import numpy.typing as npt
 import orjson
 from yarl import URL
 
-from aggregator.connection_pool import ConnectionPool
+from aggregator.connection_pool import ConnectionPool, HttpReply
 from aggregator.errors import ShardError
 from bench.histogram import LatencyHistogram
 
@@ -82,6 +82,10 @@ class RequestResult:
     answer); ``extra_requests`` counts shard requests beyond one per shard (hedges, retries);
     ``server_ms`` is the time the server itself reported (the aggregator's ``took_ms``), so a
     report can tell the server's share of a latency from the network's and the queues'.
+    ``completed_s`` is when the answer was complete, on the run's clock, if the target knows
+    (the request ends there; otherwise when the target returns). Why: a reply parsed in one
+    iteration of the generator's loop reaches the awaiting task in the next, and on a busy
+    generator that hop is its own lag, not the server's.
     """
 
     status: RequestStatus
@@ -89,6 +93,7 @@ class RequestResult:
     extra_requests: int = 0
     reason: str | None = None
     server_ms: float | None = None
+    completed_s: float | None = None
 
 
 #: A load target: given the request's index (0, 1, ...), perform it and say how it ended.
@@ -293,6 +298,9 @@ class _Run:
 
     def record(self, index: int, intended_s: float, sent_s: float, outcome: RequestResult) -> None:
         end_s = self.now_s()
+        completed_s = outcome.completed_s
+        if completed_s is not None and sent_s <= completed_s <= end_s:  # else: another clock
+            end_s = completed_s
         r = self.result
         latency_s = max(0.0, end_s - intended_s)
         r.latency_s[index] = latency_s
@@ -422,9 +430,10 @@ class HttpSession:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.pool.aclose()
 
-    async def get(self, origin: str, path: str) -> tuple[int, bytes]:
-        """``GET origin + path``: the reply's status and body. Raises ``TimeoutError`` past
-        the timeout and :class:`aggregator.errors.ShardError` when the exchange fails."""
+    async def get(self, origin: str, path: str) -> HttpReply:
+        """``GET origin + path``: the reply (status, body, when it was complete on
+        ``time.perf_counter``). Raises ``TimeoutError`` past the timeout and
+        :class:`aggregator.errors.ShardError` when the exchange fails."""
         async with asyncio.timeout(self.timeout_s):
             reply = await self.pool.request(
                 origin,
@@ -435,7 +444,7 @@ class HttpSession:
                 max_body_bytes=_MAX_REPLY_BYTES,
                 max_error_body_bytes=_MAX_ERROR_REPLY_BYTES,
             )
-        return reply.status, reply.body
+        return reply
 
 
 class HttpSearchTarget:
@@ -480,16 +489,15 @@ class HttpSearchTarget:
         return HttpSession(pool_size, timeout_s, headers)
 
     async def __call__(self, index: int) -> RequestResult:
-        """Send request ``index`` and classify its answer."""
+        """Send request ``index`` and classify its answer (complete when its last byte was
+        parsed, on ``time.perf_counter``: run it on :func:`run_load`'s default clock)."""
         try:
-            status, body = await self.session.get(
-                self._origin, self._paths[index % len(self._paths)]
-            )
+            reply = await self.session.get(self._origin, self._paths[index % len(self._paths)])
         except TimeoutError:
             return RequestResult(RequestStatus.TIMEOUT, reason="client timeout")
         except ShardError as exc:
             return RequestResult(RequestStatus.ERROR, reason=type(exc).__name__)
-        return classify_http(status, body)
+        return replace(classify_http(reply.status, reply.body), completed_s=reply.completed_at_s)
 
 
 def classify_http(status: int, body: bytes) -> RequestResult:

@@ -232,7 +232,7 @@ def _target(session: HttpSession, base_url: str, config: BenchConfig) -> Any:
 
 async def _get_json(session: HttpSession, url: str) -> Any:
     parsed = URL(url)
-    _, body = await session.get(str(parsed.origin()), parsed.raw_path_qs)
+    body = (await session.get(str(parsed.origin()), parsed.raw_path_qs)).body
     return orjson.loads(body)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -91,6 +92,19 @@ async def test_sequential_requests_reuse_one_connection(pool: ConnectionPool) ->
             assert await get(pool, url) == b"ok"
         assert len(connections) == 1
         assert pool.open_connections(url) == 1
+
+
+async def test_a_reply_says_when_its_last_byte_was_parsed(pool: ConnectionPool) -> None:
+    """``completed_at_s`` is on ``time.perf_counter``, after the request was sent and no later
+    than the awaiting caller sees the reply."""
+    async with serving(answer_each) as url:
+        sent_s = time.perf_counter()
+        reply = await pool.request(
+            url, b"GET", "/x", b"", None, max_body_bytes=CAP_BYTES, max_error_body_bytes=16
+        )
+        seen_s = time.perf_counter()
+    assert reply.body == b"ok"
+    assert sent_s < reply.completed_at_s <= seen_s
 
 
 async def test_connections_per_origin_are_bounded(pool: ConnectionPool) -> None:

@@ -95,6 +95,23 @@ def test_latency_is_the_targets_time_on_virtual_time() -> None:
     assert result.count(RequestStatus.OK) == 400
 
 
+def test_a_request_ends_when_its_target_says_the_answer_was_complete() -> None:
+    """A target reporting its answer complete 4 ms into a 10 ms call (on the run's clock) is
+    timed at 4 ms; a completion time outside the call (another clock) is ignored."""
+
+    async def target(index: int) -> RequestResult:
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
+        await asyncio.sleep(0.010)
+        completed_s = started_s + 0.004 if index % 2 == 0 else started_s + 123.0
+        return RequestResult(RequestStatus.OK, coverage=1.0, completed_s=completed_s)
+
+    result = _run(target, LoadSpec(rate_per_s=100, duration_s=1, arrivals="constant"))
+    assert result.latency_s[0::2] == pytest.approx(0.004)
+    assert result.latency_s[1::2] == pytest.approx(0.010)
+    assert result.service.max_ms == pytest.approx(10.0, abs=0.01)
+
+
 def test_a_slow_request_does_not_delay_later_sends() -> None:
     """Open loop: one request taking 1 s does not hold back the ones scheduled after it."""
 

@@ -11,7 +11,7 @@ import pytest
 
 from bench.histogram import LatencyHistogram
 from bench.loadgen import LoadResult, LoadSpec, RequestStatus
-from bench.soak import SoakSettings, fd_kinds, recovery_time_s
+from bench.soak import SoakSettings, fd_kinds, machine_ticks, recovery_time_s, steal_share
 
 DEADLINE_MS = 100.0
 
@@ -72,3 +72,17 @@ def test_settings_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="--max-in-flight"):
         SoakSettings(max_in_flight=0)
     assert SoakSettings(max_in_flight=4).limits().max_in_flight == 4
+    with pytest.raises(ValueError, match="--shard-nice"):
+        SoakSettings(shard_nice=20)
+
+
+def test_steal_share_is_stolen_ticks_over_all_ticks() -> None:
+    """VM steal between two readings is the stolen share of all CPU ticks; no share without
+    both readings or without time passing; this machine's reading is well formed."""
+    assert steal_share((10, 1000), (35, 2000)) == 0.025
+    assert steal_share(None, (35, 2000)) is None
+    assert steal_share((10, 1000), (10, 1000)) is None
+    reading = machine_ticks()
+    if reading is not None:  # Linux
+        stolen, total = reading
+        assert 0 <= stolen <= total
