@@ -29,6 +29,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -37,7 +38,7 @@ from yarl import URL
 
 from aggregator.errors import ShardError, ShardMalformedReply, ShardUnavailable
 
-__all__ = ["ConnectionPool", "HttpReply"]
+__all__ = ["ConnectionPool", "HttpReply", "ReplyCallback"]
 
 _USER_AGENT: Final = b"fanout-aggregator"
 
@@ -65,6 +66,32 @@ class _StopParsing(Exception):
     """
 
 
+#: What :meth:`ConnectionPool.start_request` calls when its request ends: the reply, or the
+#: error (a :class:`~aggregator.errors.ShardError`) and ``None``.
+ReplyCallback = Callable[[HttpReply | None, ShardError | None], None]
+
+
+class _CallbackWaiter:
+    """Stands where an exchange's future stands, and calls back instead of waking a task."""
+
+    __slots__ = ("_done", "callback")
+
+    def __init__(self, callback: Callable[[HttpReply | None, BaseException | None], None]):
+        self._done = False
+        self.callback = callback
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, reply: HttpReply) -> None:
+        self._done = True
+        self.callback(reply, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self.callback(None, exc)
+
+
 class _Origin:
     """One scheme://host:port: its idle connections, open count and waiters."""
 
@@ -87,6 +114,14 @@ class _Origin:
         self.idle: list[_Connection] = []
         self.open = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def request(self, method: bytes, path: str, headers: bytes, body: bytes | None) -> bytes:
+        """The whole request: head, extra ``headers`` (CRLF-ended lines) and ``body``."""
+        if body is None:  # no body, no Content-Length (as RFC 9110 asks of a GET)
+            return b"".join((self.head(method, path), headers, b"\r\n"))
+        return b"".join(
+            (self.head(method, path), headers, b"Content-Length: %d\r\n\r\n" % len(body), body)
+        )
 
     def head(self, method: bytes, path: str) -> bytes:
         """The fixed part of a request's head (request line and constant headers), cached."""
@@ -113,7 +148,7 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[HttpReply] | None = None
+        self.waiter: asyncio.Future[HttpReply] | _CallbackWaiter | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.reusable = False
@@ -228,6 +263,21 @@ class _Connection(asyncio.Protocol):
 
         The body of a reply other than 200 is cut at ``error_cap`` bytes instead.
         """
+        waiter: asyncio.Future[HttpReply] = asyncio.get_running_loop().create_future()
+        self.begin(request, cap, error_cap, waiter)
+        try:
+            return await waiter
+        finally:
+            self.waiter = None
+
+    def begin(
+        self,
+        request: bytes,
+        cap: int,
+        error_cap: int,
+        waiter: asyncio.Future[HttpReply] | _CallbackWaiter,
+    ) -> None:
+        """Send ``request``; its reply (or failure) settles ``waiter``."""
         assert self.transport is not None
         self.cap = cap
         self.truncate = False
@@ -240,13 +290,8 @@ class _Connection(asyncio.Protocol):
         self.framed = False
         self.encoding = ""
         self.reusable = False
-        waiter: asyncio.Future[HttpReply] = asyncio.get_running_loop().create_future()
         self.waiter = waiter
         self.transport.write(request)
-        try:
-            return await waiter
-        finally:
-            self.waiter = None
 
     def _succeed(self) -> None:
         waiter = self.waiter
@@ -350,20 +395,8 @@ class ConnectionPool:
         at ``max_error_body_bytes`` (only its reason is wanted). Not bounded in time: the
         caller wraps it in its deadline.
         """
-        origin = self._origins.get(url)
-        if origin is None:
-            origin = self._origins[url] = _Origin(url)
-        if body is None:  # no body, no Content-Length (as RFC 9110 asks of a GET)
-            request = b"".join((origin.head(method, path), headers, b"\r\n"))
-        else:
-            request = b"".join(
-                (
-                    origin.head(method, path),
-                    headers,
-                    b"Content-Length: %d\r\n\r\n" % len(body),
-                    body,
-                )
-            )
+        origin = self._origin(url)
+        request = origin.request(method, path, headers, body)
         for attempt in (1, 2):
             connection, reused = await self._acquire(origin)
             try:
@@ -385,6 +418,61 @@ class ConnectionPool:
                 connection.close()
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def start_request(
+        self,
+        url: str,
+        method: bytes,
+        path: str,
+        headers: bytes,
+        *,
+        max_body_bytes: int,
+        max_error_body_bytes: int,
+        on_reply: ReplyCallback,
+    ) -> bool:
+        """Send a bodyless request now over an idle connection, if one is open, and return
+        True: ``on_reply`` is called once, from the connection's own callbacks, with the
+        reply or the error. False (nothing sent) when no idle connection is open: use
+        :meth:`request`, which opens or waits for one.
+
+        For callers that cannot afford a task per request (a load generator): no task, no
+        future, no timer. Unlike :meth:`request` it does not resend when a reused connection
+        closes before replying (that is an error here), and it is not bounded in time.
+        """
+        if self._closed:
+            raise RuntimeError("ConnectionPool is closed")
+        origin = self._origin(url)
+        while origin.idle:
+            connection = origin.idle.pop()
+            connection.unpark()
+            # Parked from inside the parser's callback, so bytes after the reply in the same
+            # read (a second reply) were seen after parking: they left it not reusable.
+            if connection.alive() and connection.reusable:
+                break
+            connection.close()
+        else:
+            return False
+
+        def settled(reply: HttpReply | None, exc: BaseException | None) -> None:
+            if exc is None and connection.reusable and not self._closed and connection.alive():
+                connection.park(self.keepalive_s)
+                self._wake(origin)
+            else:
+                connection.close()
+            if isinstance(exc, _ClosedBeforeReply):
+                exc = ShardUnavailable(f"{url}{path} closed the connection before replying")
+            assert exc is None or isinstance(exc, ShardError)
+            on_reply(reply, exc)
+
+        request = origin.request(method, path, headers, None)
+        connection.begin(request, max_body_bytes, max_error_body_bytes, _CallbackWaiter(settled))
+        return True
+
+    def _origin(self, url: str) -> _Origin:
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = self._origins[url] = _Origin(url)
+        return origin
 
     async def _acquire(self, origin: _Origin) -> tuple[_Connection, bool]:
         """An idle connection to ``origin`` (reused: True) or a new one; waits at the bounds."""

@@ -24,12 +24,13 @@ in-process callable (e.g. a coordinator on virtual time).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,8 @@ MAX_REQUESTS_CEILING = 2_000_000
 #: Caps on a reply body the generator reads: a search answer, and an error's JSON.
 _MAX_REPLY_BYTES = 64 * 1024 * 1024
 _MAX_ERROR_REPLY_BYTES = 64 * 1024
+#: Reasons of the statuses counted as shed.
+_SHED_REASONS = {503: "HTTP 503", 429: "HTTP 429"}
 
 
 class RequestStatus(IntEnum):
@@ -99,6 +102,21 @@ class RequestResult:
 #: A load target: given the request's index (0, 1, ...), perform it and say how it ended.
 #: Exceptions are recorded as ``ERROR``; cancellation must propagate.
 Target = Callable[[int], Awaitable[RequestResult]]
+
+
+@runtime_checkable
+class StartsAtOnce(Protocol):
+    """A target that can also start a request without a task (optional; see :func:`run_load`).
+
+    ``try_start(index, done)`` sends request ``index`` now and returns True, then calls
+    ``done(result)`` exactly once, from a transport callback, when it ends; or returns False
+    having sent nothing (say, no idle connection), and the generator awaits the target
+    instead. Why: a task per request, and the loop iteration between a reply's arrival and
+    its task's next step, cost a Python generator about 110 of its 180 microseconds per
+    request, on the same two cores as the system it measures (``bench/RESULTS.md``).
+    """
+
+    def try_start(self, index: int, done: Callable[[RequestResult], None]) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +300,11 @@ class _Run:
         self.now_s = now_s
         self.offsets = offsets
         self.inflight: set[asyncio.Task[None]] = set()
+        # Requests started without a task (StartsAtOnce) and not ended yet; set when none
+        # of either kind is left, and, once closed, late endings are ignored (abandoned).
+        self.started = 0
+        self.none_left = asyncio.Event()
+        self.closed = False
         self.result = LoadResult(
             spec=spec,
             latency=LatencyHistogram(),
@@ -321,6 +344,15 @@ class _Run:
             if outcome.reason:
                 r.reasons[outcome.reason] = r.reasons.get(outcome.reason, 0) + 1
 
+    def end(self, index: int, intended_s: float, sent_s: float, outcome: RequestResult) -> None:
+        """A request started without a task ended (the ``done`` of :class:`StartsAtOnce`)."""
+        if self.closed:
+            return
+        self.started -= 1
+        self.record(index, intended_s, sent_s, outcome)
+        if not self.started and not self.inflight:
+            self.none_left.set()
+
     async def one(self, index: int, intended_s: float, sent_s: float) -> None:
         try:
             outcome = await self.target(index)
@@ -349,6 +381,7 @@ async def run_load(
     """
     loop = asyncio.get_running_loop()
     clock = now_s or time.perf_counter
+    try_start = target.try_start if isinstance(target, StartsAtOnce) else None
     offsets = arrival_offsets_s(spec)
     run = _Run(spec, target, clock, offsets)
     r = run.result
@@ -371,8 +404,12 @@ async def run_load(
             r.lag.record_s(lag_s)
             if lag_s > spec.late_after_s:
                 r.late_sends += 1
-            if len(run.inflight) >= spec.max_inflight:
+            if len(run.inflight) + run.started >= spec.max_inflight:
                 r.status[index] = RequestStatus.DROPPED
+            elif try_start is not None and try_start(
+                index, functools.partial(run.end, index, intended_s, sent_s)
+            ):
+                run.started += 1
             else:
                 task = loop.create_task(run.one(index, intended_s, sent_s))
                 run.inflight.add(task)
@@ -380,9 +417,16 @@ async def run_load(
             if on_progress is not None and (index % progress_every == 0 or index == total - 1):
                 on_progress(index + 1, total)
         r.send_window_s = max(clock() - start_s, float(offsets[-1]))
-        if run.inflight:
-            await asyncio.wait(set(run.inflight), timeout=spec.drain_s)
+        if run.inflight or run.started:
+            run.none_left.clear()
+            drained = loop.create_task(_drain(run))
+            try:
+                await asyncio.wait((drained,), timeout=spec.drain_s)
+            finally:
+                drained.cancel()
+                await asyncio.gather(drained, return_exceptions=True)
     finally:
+        run.closed = True  # requests started at once and still running stay abandoned
         leftovers = list(run.inflight)
         for task in leftovers:
             task.cancel()
@@ -397,6 +441,16 @@ async def run_load(
         if offsets[late] >= spec.warmup_s:
             r.latency.record_s(waited_s)
     return r
+
+
+async def _drain(run: _Run) -> None:
+    """Until every request of ``run`` has ended, of both kinds."""
+    while run.inflight or run.started:
+        if run.inflight:
+            await asyncio.wait(set(run.inflight))
+        else:
+            run.none_left.clear()
+            await run.none_left.wait()
 
 
 # -- HTTP ----------------------------------------------------------------------------------
@@ -500,19 +554,45 @@ class HttpSearchTarget:
             return RequestResult(RequestStatus.TIMEOUT, reason="client timeout")
         except ShardError as exc:
             return RequestResult(RequestStatus.ERROR, reason=type(exc).__name__)
-        return replace(classify_http(reply.status, reply.body), completed_s=reply.completed_at_s)
+        return classify_http(reply.status, reply.body, reply.completed_at_s)
+
+    def try_start(self, index: int, done: Callable[[RequestResult], None]) -> bool:
+        """Send request ``index`` now over an idle connection, if the session has one (see
+        :class:`StartsAtOnce`); ``done`` gets the same result :meth:`__call__` returns. Such
+        a request is bounded by the run's drain, not by the session's timeout."""
+
+        def on_reply(reply: HttpReply | None, exc: ShardError | None) -> None:
+            if reply is None:
+                done(RequestResult(RequestStatus.ERROR, reason=type(exc).__name__))
+            else:
+                done(classify_http(reply.status, reply.body, reply.completed_at_s))
+
+        return self.session.pool.start_request(
+            self._origin,
+            b"GET",
+            self._paths[index % len(self._paths)],
+            self.session.headers,
+            max_body_bytes=_MAX_REPLY_BYTES,
+            max_error_body_bytes=_MAX_ERROR_REPLY_BYTES,
+            on_reply=on_reply,
+        )
 
 
-def classify_http(status: int, body: bytes) -> RequestResult:
-    """A :class:`RequestResult` from an HTTP status and the aggregator's JSON body."""
+def classify_http(status: int, body: bytes, completed_s: float | None = None) -> RequestResult:
+    """A :class:`RequestResult` from an HTTP status and the aggregator's JSON body (and when
+    the reply was complete, if known)."""
     if status == 503 and _error_type(body) == "NoShardAnswered":
-        return RequestResult(RequestStatus.ERROR, coverage=0.0, reason="no shard answered")
+        return RequestResult(
+            RequestStatus.ERROR, coverage=0.0, reason="no shard answered", completed_s=completed_s
+        )
     if status in (503, 429):
-        return RequestResult(RequestStatus.SHED, reason=f"HTTP {status}")
+        return RequestResult(
+            RequestStatus.SHED, reason=_SHED_REASONS.get(status), completed_s=completed_s
+        )
     if status == 504:
-        return RequestResult(RequestStatus.TIMEOUT, reason="HTTP 504")
+        return RequestResult(RequestStatus.TIMEOUT, reason="HTTP 504", completed_s=completed_s)
     if status != 200:
-        return RequestResult(RequestStatus.ERROR, reason=f"HTTP {status}")
+        return RequestResult(RequestStatus.ERROR, reason=f"HTTP {status}", completed_s=completed_s)
     try:
         doc = orjson.loads(body)
         completeness = doc["completeness"]
@@ -522,9 +602,17 @@ def classify_http(status: int, body: bytes) -> RequestResult:
         took = doc.get("took_ms")
         server_ms = float(took) if isinstance(took, int | float) else None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return RequestResult(RequestStatus.ERROR, reason="malformed response")
+        return RequestResult(
+            RequestStatus.ERROR, reason="malformed response", completed_s=completed_s
+        )
     status_ = RequestStatus.PARTIAL if partial else RequestStatus.OK
-    return RequestResult(status_, coverage=coverage, extra_requests=extra, server_ms=server_ms)
+    return RequestResult(
+        status_,
+        coverage=coverage,
+        extra_requests=extra,
+        server_ms=server_ms,
+        completed_s=completed_s,
+    )
 
 
 def _error_type(body: bytes) -> str | None:

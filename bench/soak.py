@@ -594,12 +594,25 @@ class _ServiceTimed:
     async def __call__(self, index: int) -> RequestResult:
         start_s = time.perf_counter()
         result = await self.inner(index)
+        self._record(start_s, result)
+        return result
+
+    def try_start(self, index: int, done: Callable[[RequestResult], None]) -> bool:
+        """The inner target's start without a task (:class:`bench.loadgen.StartsAtOnce`)."""
+        start_s = time.perf_counter()
+
+        def ended(result: RequestResult) -> None:
+            self._record(start_s, result)
+            done(result)
+
+        return self.inner.try_start(index, ended)
+
+    def _record(self, start_s: float, result: RequestResult) -> None:
         histogram = self.by_status.get(result.status)
         if histogram is None:  # not setdefault: that would build a histogram every request
             histogram = self.by_status[result.status] = LatencyHistogram()
         end_s = result.completed_s if result.completed_s is not None else time.perf_counter()
         histogram.record_s(max(0.0, end_s - start_s))
-        return result
 
 
 def _histogram(result: LoadResult, statuses: npt.NDArray[np.int8]) -> LatencyHistogram:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 import uvloop
 
-from aggregator.connection_pool import ConnectionPool
+from aggregator.connection_pool import ConnectionPool, HttpReply
 from aggregator.errors import ShardMalformedReply, ShardUnavailable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -266,3 +266,61 @@ def test_works_on_uvloop() -> None:
             await pool.aclose()
 
     assert uvloop.run(main()) == [b"ok"] * 3
+
+
+async def _start(pool: ConnectionPool, url: str) -> asyncio.Future[tuple[object, object]]:
+    """``start_request`` for GET /x; a future of what its callback got (reply, error)."""
+    ended: asyncio.Future[tuple[object, object]] = asyncio.get_running_loop().create_future()
+    started = pool.start_request(
+        url,
+        b"GET",
+        "/x",
+        b"",
+        max_body_bytes=CAP_BYTES,
+        max_error_body_bytes=16,
+        on_reply=lambda reply, exc: ended.set_result((reply, exc)),
+    )
+    if not started:
+        ended.cancel()
+    return ended
+
+
+async def test_start_request_sends_only_over_an_idle_connection(pool: ConnectionPool) -> None:
+    """With no idle connection, start_request sends nothing and says so; once one is idle,
+    it sends over it, calls back once with the reply, and parks the connection again."""
+    async with serving(answer_each) as url:
+        assert (await _start(pool, url)).cancelled()
+        assert pool.open_connections(url) == 0
+        assert await get(pool, url) == b"ok"
+        for _ in range(3):
+            reply, exc = await (await _start(pool, url))
+            assert exc is None
+            assert isinstance(reply, HttpReply)
+            assert (reply.status, reply.body) == (200, b"ok")
+        assert pool.open_connections(url) == 1
+        assert await get(pool, url) == b"ok"  # the same connection, still in step
+
+
+async def test_start_request_reports_a_connection_closed_before_replying(
+    pool: ConnectionPool,
+) -> None:
+    """A server that closes instead of answering gives the callback ShardUnavailable (no
+    second try), and the connection is not kept."""
+    count = itertools.count()
+
+    async def once_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader):
+            if next(count) == 0:
+                writer.write(OK_REPLY)
+                await writer.drain()
+            else:
+                writer.close()
+                return
+
+    async with serving(once_then_hang_up) as url:
+        assert await get(pool, url) == b"ok"
+        reply, exc = await (await _start(pool, url))
+        assert reply is None
+        assert isinstance(exc, ShardUnavailable)
+        assert "closed the connection before replying" in str(exc)
+        assert pool.open_connections(url) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -231,3 +232,45 @@ def test_classify_complete_and_partial_answers() -> None:
 def test_classify_failures(status: int, body: bytes, expected: RequestStatus) -> None:
     """Shed, no-shard-answered, timeouts, server errors and malformed bodies are told apart."""
     assert classify_http(status, body).status is expected
+
+
+class StartsAtOnceTarget:
+    """Starts every request at once (no task), ending it ``latency_s`` later by a loop
+    callback; request 3 never ends. Awaiting it is never needed."""
+
+    def __init__(self, latency_s: float) -> None:
+        self.latency_s = latency_s
+        self.awaited = 0
+
+    def try_start(self, index: int, done: Callable[[RequestResult], None]) -> bool:
+        if index != 3:
+            asyncio.get_running_loop().call_later(self.latency_s, done, OK)
+        return True
+
+    async def __call__(self, index: int) -> RequestResult:
+        self.awaited += 1
+        return OK
+
+
+def test_a_target_that_starts_at_once_runs_without_tasks() -> None:
+    """Requests started by try_start are timed, bounded and drained like awaited ones; one
+    that never ends is abandoned at the drain with its wait as a lower bound."""
+    target = StartsAtOnceTarget(0.010)
+    spec = LoadSpec(rate_per_s=100, duration_s=1, arrivals="constant", drain_s=0.5)
+    result = _run(target, spec)
+    assert target.awaited == 0
+    assert result.count(RequestStatus.OK) == 99
+    assert result.count(RequestStatus.ABANDONED) == 1
+    assert result.status[3] == RequestStatus.ABANDONED
+    assert result.latency_s[3] >= 0.5
+    ok = result.latency_s[result.status == RequestStatus.OK]
+    assert ok == pytest.approx(0.010)
+
+
+def test_requests_started_at_once_count_against_the_inflight_bound() -> None:
+    """max_inflight bounds requests started without a task too: the excess is dropped."""
+    target = StartsAtOnceTarget(1.0)
+    spec = LoadSpec(rate_per_s=100, duration_s=0.5, arrivals="constant", max_inflight=10)
+    result = _run(target, spec)
+    assert result.count(RequestStatus.DROPPED) == 40
+    assert result.count(RequestStatus.OK) == 9  # request 3 never ends
