@@ -109,8 +109,10 @@ DEFAULT_SHARDS = 8
 #: about 1.7 of them; whenever all three are runnable, one waits for a core, and when that is
 #: the aggregator or the generator, the wait lands on the 503s being timed. Nice 10 gives the
 #: shards the leftover CPU (they keep about half a core) and not the aggregator's. Measured
-#: (bench/RESULTS.md): shed p99 4.6-5.8 ms at nice 10 against 6.4-9.4 ms at nice 0, with the
-#: same admitted throughput. ``--shard-nice 0`` runs them as equals.
+#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 4.6 ms at nice 10 in the run
+#: after one of 6.4 ms at nice 0, and 5.8 against 9.4 ms at a fixed 566 queries/s, with the
+#: same admitted throughput; the spread between runs is as large, so it is a help, not the
+#: fix. ``--shard-nice 0`` runs them as equals.
 DEFAULT_SHARD_NICE = 10
 DEFAULT_LATENCY = "lognormal:median=5ms,sigma=0.5"
 DEFAULT_DEADLINE_MS = 100.0
