@@ -198,8 +198,10 @@ class LoadResult:
     partial), since fast failures would otherwise flatter the figures; ``service`` is measured
     from the moment each request was actually sent (what a coordinated-omission-prone tool
     would report; compare the two). ``lag`` holds how late each send was. The per-request
-    arrays (``offsets_s``, ``latency_s``, ``status``, ``coverage``, ``server_ms``) cover every
-    scheduled request, including warm-up ones (``nan`` where not applicable).
+    arrays (``offsets_s``, ``latency_s``, ``service_s``, ``status``, ``coverage``,
+    ``server_ms``) cover every scheduled request, including warm-up ones (``nan`` where not
+    applicable). The histograms are filled from the arrays once the run is over, so the
+    generator spends nothing on them while it measures.
     """
 
     spec: LoadSpec
@@ -212,6 +214,7 @@ class LoadResult:
     status: npt.NDArray[np.int8]
     coverage: npt.NDArray[np.float64]
     server_ms: npt.NDArray[np.float64]
+    service_s: npt.NDArray[np.float64]
     extra_requests: int = 0
     late_sends: int = 0
     elapsed_s: float = 0.0
@@ -316,7 +319,10 @@ class _Run:
             status=np.full(n, RequestStatus.ABANDONED, dtype=np.int8),
             coverage=np.full(n, np.nan),
             server_ms=np.full(n, np.nan),
+            service_s=np.full(n, np.nan),
         )
+        # How late each send was (nan: not reached); into the lag histogram after the run.
+        self.lag_s = np.full(n, np.nan)
         self.start_s = 0.0
 
     def record(self, index: int, intended_s: float, sent_s: float, outcome: RequestResult) -> None:
@@ -330,16 +336,13 @@ class _Run:
         # timing it from the later instant would flatter the answer.
         latency_s = max(0.0, end_s - min(intended_s, sent_s))
         r.latency_s[index] = latency_s
+        r.service_s[index] = max(0.0, end_s - sent_s)
         r.status[index] = outcome.status
         if outcome.coverage is not None:
             r.coverage[index] = outcome.coverage
         if outcome.server_ms is not None:
             r.server_ms[index] = outcome.server_ms
         if self.offsets[index] >= self.spec.warmup_s:
-            r.latency.record_s(latency_s)
-            r.service.record_s(max(0.0, end_s - sent_s))
-            if outcome.status in (RequestStatus.OK, RequestStatus.PARTIAL):
-                r.answered.record_s(latency_s)
             r.extra_requests += outcome.extra_requests
             if outcome.reason:
                 r.reasons[outcome.reason] = r.reasons.get(outcome.reason, 0) + 1
@@ -401,7 +404,7 @@ async def run_load(
                 await asyncio.sleep(0)  # behind schedule: still let answers in between sends
             sent_s = clock()
             lag_s = max(0.0, sent_s - intended_s)
-            r.lag.record_s(lag_s)
+            run.lag_s[index] = lag_s
             if lag_s > spec.late_after_s:
                 r.late_sends += 1
             if len(run.inflight) + run.started >= spec.max_inflight:
@@ -436,11 +439,25 @@ async def run_load(
     r.elapsed_s = end_s - start_s
     # Abandoned requests waited at least until now: record that lower bound, never drop it.
     for late in np.flatnonzero(r.status == RequestStatus.ABANDONED).tolist():
-        waited_s = max(0.0, end_s - (start_s + float(offsets[late])))
-        r.latency_s[late] = waited_s
-        if offsets[late] >= spec.warmup_s:
-            r.latency.record_s(waited_s)
+        r.latency_s[late] = max(0.0, end_s - (start_s + float(offsets[late])))
+    _fill_histograms(r, run.lag_s)
     return r
+
+
+def _fill_histograms(r: LoadResult, lag_s: npt.NDArray[np.float64]) -> None:
+    """The run's histograms from its per-request arrays: every send's lag; the latency of
+    every measured request that was sent (abandoned ones at their lower bound); the time
+    from the actual send of those that ended; the latency of the answers."""
+    for value in lag_s[~np.isnan(lag_s)].tolist():
+        r.lag.record_s(value)
+    measured = r.measured
+    for value in r.latency_s[measured & ~np.isnan(r.latency_s)].tolist():
+        r.latency.record_s(value)
+    for value in r.service_s[measured & ~np.isnan(r.service_s)].tolist():
+        r.service.record_s(value)
+    answered = measured & np.isin(r.status, (RequestStatus.OK, RequestStatus.PARTIAL))
+    for value in r.latency_s[answered].tolist():
+        r.answered.record_s(value)
 
 
 async def _drain(run: _Run) -> None:
@@ -581,7 +598,7 @@ class HttpSearchTarget:
 def classify_http(status: int, body: bytes, completed_s: float | None = None) -> RequestResult:
     """A :class:`RequestResult` from an HTTP status and the aggregator's JSON body (and when
     the reply was complete, if known)."""
-    if status == 503 and _error_type(body) == "NoShardAnswered":
+    if status == 503 and b"NoShardAnswered" in body and _error_type(body) == "NoShardAnswered":
         return RequestResult(
             RequestStatus.ERROR, coverage=0.0, reason="no shard answered", completed_s=completed_s
         )

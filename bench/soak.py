@@ -83,7 +83,6 @@ from bench.loadgen import (
     HttpSession,
     LoadResult,
     LoadSpec,
-    RequestResult,
     RequestStatus,
     run_load,
 )
@@ -148,6 +147,7 @@ MAX_INFLIGHT = 4096
 TEXTS = ("tail latency", "hedged requests", "deadline propagation", "load shedding")
 
 _ANSWERED_200 = np.array([RequestStatus.OK, RequestStatus.PARTIAL], dtype=np.int8)
+_SHED = np.array([RequestStatus.SHED], dtype=np.int8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,9 +348,7 @@ async def soak(settings: SoakSettings, *, progress: bool = False) -> dict[str, A
             _session() as overload_session,
             _session() as recovery_session,
         ):
-            overload_target = _ServiceTimed(
-                HttpSearchTarget(overload_session, server.url, TEXTS, params)
-            )
+            overload_target = HttpSearchTarget(overload_session, server.url, TEXTS, params)
             recovery_target = HttpSearchTarget(recovery_session, server.url, TEXTS, params)
             loop = asyncio.get_running_loop()
             cpu_before = _cpu_s(server.pid, shards.proc.pid)
@@ -380,7 +378,6 @@ async def soak(settings: SoakSettings, *, progress: bool = False) -> dict[str, A
         capacity_qps=capacity_qps,
         ramp=ramp,
         overload=overload,
-        overload_service=overload_target.by_status,
         recovery=recovery,
         recovery_offset_s=recovery_start_s - overload_end_s,
         before=before,
@@ -494,7 +491,6 @@ def _figures(
     capacity_qps: float,
     ramp: list[dict[str, Any]],
     overload: LoadResult,
-    overload_service: dict[RequestStatus, LatencyHistogram],
     recovery: LoadResult,
     recovery_offset_s: float,
     before: _Snapshot,
@@ -503,7 +499,7 @@ def _figures(
 ) -> dict[str, Any]:
     deadline_ms = settings.deadline_ms
     admitted = _histogram(overload, _ANSWERED_200)
-    shed = _histogram(overload, np.array([RequestStatus.SHED], dtype=np.int8))
+    shed = _histogram(overload, _SHED)
     recovery_s = recovery_time_s(recovery, deadline_ms)
     if recovery_s is not None:
         recovery_s = max(0.0, recovery_s + recovery_offset_s)
@@ -548,9 +544,7 @@ def _figures(
         "admitted_latency": admitted.summary().to_dict(),
         "shed_latency": shed.summary().to_dict(),
         # From the actual send (excludes the generator's own lag): what the server costs.
-        "shed_service_latency": overload_service.get(RequestStatus.SHED, LatencyHistogram())
-        .summary()
-        .to_dict(),
+        "shed_service_latency": _histogram(overload, _SHED, from_send=True).summary().to_dict(),
         "recovery_qps": round(recovery.offered_rate_per_s, 1),
         "rss_before_mb": round(before.rss_mb, 1),
         "rss_after_mb": round(after.rss_mb, 1),
@@ -582,47 +576,16 @@ def _figures(
     return result
 
 
-class _ServiceTimed:
-    """A load target that also records each request's time from its actual send, by status.
-
-    The load generator's figures run from the *intended* send time (the honest figure); this
-    one leaves the generator's own lag out, to tell the server's part from the generator's.
-    """
-
-    def __init__(self, inner: HttpSearchTarget) -> None:
-        self.inner = inner
-        self.by_status: dict[RequestStatus, LatencyHistogram] = {}
-
-    async def __call__(self, index: int) -> RequestResult:
-        start_s = time.perf_counter()
-        result = await self.inner(index)
-        self._record(start_s, result)
-        return result
-
-    def try_start(self, index: int, done: Callable[[RequestResult], None]) -> bool:
-        """The inner target's start without a task (:class:`bench.loadgen.StartsAtOnce`)."""
-        start_s = time.perf_counter()
-
-        def ended(result: RequestResult) -> None:
-            self._record(start_s, result)
-            done(result)
-
-        return self.inner.try_start(index, ended)
-
-    def _record(self, start_s: float, result: RequestResult) -> None:
-        histogram = self.by_status.get(result.status)
-        if histogram is None:  # not setdefault: that would build a histogram every request
-            histogram = self.by_status[result.status] = LatencyHistogram()
-        end_s = result.completed_s if result.completed_s is not None else time.perf_counter()
-        histogram.record_s(max(0.0, end_s - start_s))
-
-
-def _histogram(result: LoadResult, statuses: npt.NDArray[np.int8]) -> LatencyHistogram:
-    """Latencies (from intended send) of the measured requests that ended in ``statuses``."""
+def _histogram(
+    result: LoadResult, statuses: npt.NDArray[np.int8], *, from_send: bool = False
+) -> LatencyHistogram:
+    """Latencies of the measured requests that ended in ``statuses``: from the intended
+    send, or (``from_send``) from the actual one, which leaves the generator's lag out."""
     histogram = LatencyHistogram()
     mask = np.isin(result.status, statuses) & result.measured
-    for latency_s in result.latency_s[mask]:
-        histogram.record_s(float(latency_s))
+    values = result.service_s if from_send else result.latency_s
+    for latency_s in values[mask & ~np.isnan(values)].tolist():
+        histogram.record_s(latency_s)
     return histogram
 
 

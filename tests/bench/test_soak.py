@@ -32,6 +32,7 @@ def _result(
         status=np.array(status, dtype=np.int8),
         coverage=np.full(n, np.nan),
         server_ms=np.full(n, np.nan),
+        service_s=np.full(n, np.nan),
     )
 
 

@@ -23,6 +23,7 @@ def _result(offsets_s: list[float], latencies_s: list[float], statuses: list[int
         status=np.array(statuses, dtype=np.int8),
         coverage=np.full(n, np.nan),
         server_ms=np.full(n, np.nan),
+        service_s=np.full(n, np.nan),
     )
 
 
