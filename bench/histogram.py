@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from hdrh.histogram import HdrHistogram
 
 __all__ = [
@@ -89,6 +91,28 @@ class LatencyHistogram:
             value = HIGHEST_US
             self.clamped += count
         self._hist.record_value(value, count)
+
+    def record_many_s(self, durations_s: npt.NDArray[np.float64]) -> int:
+        """Record every duration in ``durations_s`` (seconds, none NaN or negative), each
+        once, as :meth:`record_s` would; returns how many distinct values that took.
+
+        Why: durations are stored as whole microseconds, so a run's 100,000 latencies hold
+        far fewer distinct values; recording each distinct value once with its count is the
+        same histogram at a fraction of the interpreter time.
+        """
+        if durations_s.size == 0:
+            return 0
+        if not bool(np.all(durations_s >= 0)):  # also rejects NaN
+            raise ValueError("a duration must be >= 0 (and not NaN)")
+        values_us = np.rint(durations_s * 1e6).astype(np.int64)
+        over = values_us > HIGHEST_US
+        self.clamped += int(over.sum())
+        values_us[over] = HIGHEST_US
+        distinct, counts = np.unique(values_us, return_counts=True)
+        record = self._hist.record_value
+        for value, count in zip(distinct.tolist(), counts.tolist(), strict=True):
+            record(value, count)
+        return len(distinct)
 
     def add(self, other: LatencyHistogram) -> None:
         """Add every value of ``other`` into this histogram."""

@@ -440,24 +440,33 @@ async def run_load(
     # Abandoned requests waited at least until now: record that lower bound, never drop it.
     for late in np.flatnonzero(r.status == RequestStatus.ABANDONED).tolist():
         r.latency_s[late] = max(0.0, end_s - (start_s + float(offsets[late])))
-    _fill_histograms(r, run.lag_s)
+    await _fill_histograms(r, run.lag_s)
     return r
 
 
-def _fill_histograms(r: LoadResult, lag_s: npt.NDArray[np.float64]) -> None:
+#: Values recorded into a histogram between two yields to the loop.
+_FILL_SLICE = 4096
+
+
+async def _fill_histograms(r: LoadResult, lag_s: npt.NDArray[np.float64]) -> None:
     """The run's histograms from its per-request arrays: every send's lag; the latency of
     every measured request that was sent (abandoned ones at their lower bound); the time
-    from the actual send of those that ended; the latency of the answers."""
-    for value in lag_s[~np.isnan(lag_s)].tolist():
-        r.lag.record_s(value)
+    from the actual send of those that ended; the latency of the answers.
+
+    In slices, yielding between them: another run may be measuring on the same loop (the
+    soak's recovery starts while its overload drains), and must not wait for this one.
+    """
     measured = r.measured
-    for value in r.latency_s[measured & ~np.isnan(r.latency_s)].tolist():
-        r.latency.record_s(value)
-    for value in r.service_s[measured & ~np.isnan(r.service_s)].tolist():
-        r.service.record_s(value)
     answered = measured & np.isin(r.status, (RequestStatus.OK, RequestStatus.PARTIAL))
-    for value in r.latency_s[answered].tolist():
-        r.answered.record_s(value)
+    for histogram, values in (
+        (r.lag, lag_s[~np.isnan(lag_s)]),
+        (r.latency, r.latency_s[measured & ~np.isnan(r.latency_s)]),
+        (r.service, r.service_s[measured & ~np.isnan(r.service_s)]),
+        (r.answered, r.latency_s[answered]),
+    ):
+        for start in range(0, len(values), _FILL_SLICE):
+            histogram.record_many_s(values[start : start + _FILL_SLICE])
+            await asyncio.sleep(0)
 
 
 async def _drain(run: _Run) -> None:

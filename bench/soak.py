@@ -584,8 +584,7 @@ def _histogram(
     histogram = LatencyHistogram()
     mask = np.isin(result.status, statuses) & result.measured
     values = result.service_s if from_send else result.latency_s
-    for latency_s in values[mask & ~np.isnan(values)].tolist():
-        histogram.record_s(latency_s)
+    histogram.record_many_s(values[mask & ~np.isnan(values)])
     return histogram
 
 

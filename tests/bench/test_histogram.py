@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from bench.histogram import HIGHEST_US, LatencyHistogram
@@ -92,3 +93,25 @@ def test_encode_is_text() -> None:
     h.record_s(0.01)
     assert isinstance(h.encode(), str)
     assert h.encode()
+
+
+def test_record_many_is_the_same_histogram_as_recording_one_by_one() -> None:
+    """Recording an array at once gives the same counts and percentiles as recording each
+    value, in fewer (distinct) records; overlong values are clamped and counted; a NaN or a
+    negative value is refused before anything is recorded."""
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.lognormal(-6.0, 1.0, 20_000), [1e9, 1e9]])
+    one_by_one, at_once = LatencyHistogram(), LatencyHistogram()
+    for value in values.tolist():
+        one_by_one.record_s(value)
+    distinct = at_once.record_many_s(values)
+    assert distinct < len(values)
+    assert at_once.count == one_by_one.count == len(values)
+    assert at_once.clamped == one_by_one.clamped == 2
+    for percentile in (50, 90, 99, 99.9, 100):
+        assert at_once.percentile_ms(percentile) == one_by_one.percentile_ms(percentile)
+    for bad in (np.array([0.001, np.nan]), np.array([0.001, -1.0])):
+        with pytest.raises(ValueError, match=">= 0"):
+            at_once.record_many_s(bad)
+    assert at_once.count == len(values)
+    assert at_once.record_many_s(np.array([])) == 0
