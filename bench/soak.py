@@ -3,8 +3,9 @@
 Three processes on loopback, so the load generator never shares an event loop (or a CPU
 queue) with what it measures:
 
-* shards: ``python -m shards serve --sim 8 --latency 'lognormal:median=5ms,sigma=0.5'``, at
-  niceness 10 (:data:`DEFAULT_SHARD_NICE`: they stand in for other machines);
+* shards: ``python -m shards serve --sim 8 --latency 'lognormal:median=5ms,sigma=0.5'``, on
+  the CPU time the other two leave (:data:`DEFAULT_SHARD_PRIORITY`: they stand in for other
+  machines);
 * the aggregator: ``python -m bench.soak '<json>'`` (this module run as a script), which
   builds the same stack as ``python -m aggregator serve --config ...`` from the same public
   pieces and the same default limits (:class:`aggregator.config.LimitsConfig`): one
@@ -101,18 +102,22 @@ __all__ = [
 
 #: The simulated cluster behind the aggregator.
 DEFAULT_SHARDS = 8
-#: The shard process's niceness (CPU priority; 0 is normal, 19 the lowest).
+#: How the shard process is scheduled: ``idle`` (Linux's ``SCHED_IDLE``: it runs only on CPU
+#: time the other processes leave), ``low`` (niceness 10) or ``normal``.
 #:
-#: Why lower than the aggregator's: the shards stand in for other machines. Here they share
-#: two cores with the aggregator and the load generator, and at 5x overload the three want
-#: about 1.7 of them; whenever all three are runnable, one waits for a core, and when that is
-#: the aggregator or the generator, the wait lands on the 503s being timed. Nice 10 gives the
-#: shards the leftover CPU (they keep about half a core) and not the aggregator's. Measured
-#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 4.6 ms at nice 10 in the run
-#: after one of 6.4 ms at nice 0, and 5.8 against 9.4 ms at a fixed 566 queries/s, with the
-#: same admitted throughput; the spread between runs is as large, so it is a help, not the
-#: fix. ``--shard-nice 0`` runs them as equals.
-DEFAULT_SHARD_NICE = 10
+#: Why not as an equal: the shards stand in for other machines. Here they share two cores with
+#: the aggregator and the load generator, and at 5x overload the three want about 1.6 of
+#: them; whenever all three are runnable, one waits for a core, and when that is the
+#: aggregator or the generator, the wait lands on the 503s being timed. Niceness alone does
+#: not stop that: a woken process still waited up to 4 ms for a nice-10 shard process to
+#: finish its time slice (``perf sched latency``), while a ``SCHED_IDLE`` one is preempted at
+#: once. The shards still get the half core they need from the idle time. Measured
+#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 3.3-4.1 ms with ``idle``
+#: against 4.9-6.3 ms with ``low`` on the same code, admitted throughput the same.
+SHARD_PRIORITIES = ("idle", "low", "normal")
+DEFAULT_SHARD_PRIORITY = "idle"
+#: The niceness of ``low``.
+LOW_PRIORITY_NICE = 10
 DEFAULT_LATENCY = "lognormal:median=5ms,sigma=0.5"
 DEFAULT_DEADLINE_MS = 100.0
 #: Offered load during the soak, as a multiple of the measured capacity.
@@ -170,7 +175,7 @@ class SoakSettings:
     min_budget_ms: float | None = None
     max_loop_lag_ms: float | None = None
     standing_queue_ms: float | None = None
-    shard_nice: int = DEFAULT_SHARD_NICE
+    shard_priority: str = DEFAULT_SHARD_PRIORITY
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 64:
@@ -179,8 +184,11 @@ class SoakSettings:
             raise ValueError(f"--deadline-ms must be in 1..10000, got {self.deadline_ms}")
         if not 1 <= self.overload_factor <= 100:
             raise ValueError(f"--overload must be in 1..100, got {self.overload_factor}")
-        if not 0 <= self.shard_nice <= 19:
-            raise ValueError(f"--shard-nice must be in 0..19, got {self.shard_nice}")
+        if self.shard_priority not in SHARD_PRIORITIES:
+            choices = ", ".join(SHARD_PRIORITIES)
+            raise ValueError(
+                f"--shard-priority must be one of {choices}, got {self.shard_priority!r}"
+            )
         if not 1 <= self.overload_s <= 600:
             raise ValueError(f"--overload-s must be in 1..600, got {self.overload_s}")
         if self.capacity_qps is not None and not 1 <= self.capacity_qps <= 100_000:
@@ -235,10 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--shard-nice",
-        type=int,
-        default=DEFAULT_SHARD_NICE,
-        help="niceness of the shard process, 0..19 (they stand in for other machines)",
+        "--shard-priority",
+        choices=SHARD_PRIORITIES,
+        default=DEFAULT_SHARD_PRIORITY,
+        help="how the shard process is scheduled (they stand in for other machines)",
     )
     parser.add_argument(
         "--max-in-flight",
@@ -283,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         capacity_qps=args.capacity,
         loop=args.loop,
         seed=args.seed,
-        shard_nice=args.shard_nice,
+        shard_priority=args.shard_priority,
         max_in_flight=args.max_in_flight,
         max_waiting=args.max_waiting,
         min_budget_ms=args.min_budget_ms,
@@ -520,7 +528,7 @@ def _figures(
         # What they were measured under.
         "shards": settings.shards,
         "shard_latency": settings.latency,
-        "shard_nice": settings.shard_nice,
+        "shard_priority": settings.shard_priority,
         "deadline_ms": deadline_ms,
         "loop": settings.loop,
         "admission": {
@@ -623,6 +631,16 @@ def _cpu_s(server_pid: int, shards_pid: int) -> tuple[float, float, float]:
     return of(server_pid), of(shards_pid), own.user + own.system
 
 
+def _deprioritise(pid: int, priority: str) -> None:
+    """Schedule process ``pid`` as ``priority`` says (see :data:`DEFAULT_SHARD_PRIORITY`);
+    lowering a child's priority needs no privilege. Where ``SCHED_IDLE`` does not exist,
+    ``idle`` falls back to ``low``."""
+    if priority == "idle" and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    elif priority in ("idle", "low"):
+        os.setpriority(os.PRIO_PROCESS, pid, LOW_PRIORITY_NICE)
+
+
 def machine_ticks() -> tuple[int, int] | None:
     """The machine's CPU time so far, in clock ticks: (stolen, all), from ``/proc/stat``;
     ``None`` where there is no such file."""
@@ -689,8 +707,7 @@ async def _start_shards(settings: SoakSettings) -> AsyncIterator[_ShardsProcess]
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        if settings.shard_nice:  # raising a child's niceness needs no privilege
-            os.setpriority(os.PRIO_PROCESS, proc.pid, settings.shard_nice)
+        _deprioritise(proc.pid, settings.shard_priority)
         assert proc.stdout is not None
         shards = []
         async with asyncio.timeout(60):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,8 +75,8 @@ def test_settings_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="--max-in-flight"):
         SoakSettings(max_in_flight=0)
     assert SoakSettings(max_in_flight=4).limits().max_in_flight == 4
-    with pytest.raises(ValueError, match="--shard-nice"):
-        SoakSettings(shard_nice=20)
+    with pytest.raises(ValueError, match="--shard-priority"):
+        SoakSettings(shard_priority="high")
 
 
 def test_steal_share_is_stolen_ticks_over_all_ticks() -> None:
@@ -87,3 +89,25 @@ def test_steal_share_is_stolen_ticks_over_all_ticks() -> None:
     if reading is not None:  # Linux
         stolen, total = reading
         assert 0 <= stolen <= total
+
+
+@pytest.mark.parametrize("priority", ["idle", "low", "normal"])
+def test_the_shard_process_is_scheduled_below_the_aggregator(priority: str) -> None:
+    """``idle`` puts a child on SCHED_IDLE (niceness 10 where there is none), ``low`` at
+    niceness 10, ``normal`` leaves it alone; none needs a privilege."""
+    from bench.soak import _deprioritise
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        _deprioritise(child.pid, priority)
+        nice = os.getpriority(os.PRIO_PROCESS, child.pid)
+        has_idle = hasattr(os, "sched_getscheduler") and hasattr(os, "SCHED_IDLE")
+        if priority == "idle" and has_idle:
+            assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+        elif priority in ("idle", "low"):
+            assert nice == 10
+        else:
+            assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        child.kill()
+        child.wait()
