@@ -112,8 +112,9 @@ DEFAULT_SHARDS = 8
 #: not stop that: a woken process still waited up to 4 ms for a nice-10 shard process to
 #: finish its time slice (``perf sched latency``), while a ``SCHED_IDLE`` one is preempted at
 #: once. The shards still get the half core they need from the idle time. Measured
-#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 3.3-4.1 ms with ``idle``
-#: against 4.9-6.3 ms with ``low`` on the same code, admitted throughput the same.
+#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 3.0-4.1 ms with ``idle``
+#: against 4.9-6.3 ms with ``low``, each in runs with under 0.5% VM steal, admitted
+#: throughput the same.
 SHARD_PRIORITIES = ("idle", "low", "normal")
 DEFAULT_SHARD_PRIORITY = "idle"
 #: The niceness of ``low``.
