@@ -436,8 +436,9 @@ class ConnectionPool:
         :meth:`request`, which opens or waits for one.
 
         For callers that cannot afford a task per request (a load generator): no task, no
-        future, no timer. Unlike :meth:`request` it does not resend when a reused connection
-        closes before replying (that is an error here), and it is not bounded in time.
+        future and no timeout timer. Unlike :meth:`request` it does not resend when a reused
+        connection closes before replying (that is an error here), and it is not bounded in
+        time.
         """
         if self._closed:
             raise RuntimeError("ConnectionPool is closed")

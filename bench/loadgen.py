@@ -111,9 +111,10 @@ class StartsAtOnce(Protocol):
     ``try_start(index, done)`` sends request ``index`` now and returns True, then calls
     ``done(result)`` exactly once, from a transport callback, when it ends; or returns False
     having sent nothing (say, no idle connection), and the generator awaits the target
-    instead. Why: a task per request, and the loop iteration between a reply's arrival and
-    its task's next step, cost a Python generator about 110 of its 180 microseconds per
-    request, on the same two cores as the system it measures (``bench/RESULTS.md``).
+    instead. Why: a task, a future and a timeout timer per request, and the loop iteration
+    between a reply's arrival and its task's next step, cost a Python generator about 60 of
+    its 180 microseconds per request, on the same two cores as the system it measures
+    (``bench/RESULTS.md``, overload soak).
     """
 
     def try_start(self, index: int, done: Callable[[RequestResult], None]) -> bool: ...

@@ -1,7 +1,7 @@
 """``python -m bench soak``: offer five times the capacity, then check nothing broke or leaked.
 
-Three processes on loopback, so the load generator never shares an event loop (or a CPU
-queue) with what it measures:
+Three processes on loopback, so the load generator never shares an event loop with what it
+measures (they do share the machine's cores, hence the shards' priority below):
 
 * shards: ``python -m shards serve --sim 8 --latency 'lognormal:median=5ms,sigma=0.5'``, on
   the CPU time the other two leave (:data:`DEFAULT_SHARD_PRIORITY`: they stand in for other
