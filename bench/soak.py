@@ -146,8 +146,8 @@ SHED_P99_TARGET_MS = 5.0
 RECOVERY_TARGET_S = 2.0
 RSS_GROWTH_TARGET_MB = 64.0
 #: VM steal during the overload below which the host counts as quiet (``quiet_host``): in
-#: this project's runs, every one under 0.35% met the shed target and every one over 0.85%
-#: missed it (bench/RESULTS.md), so figures from a run that is not quiet measure the host.
+#: this project's runs, every one under 0.35% met the shed target and seven of eight over
+#: 0.85% missed it (bench/RESULTS.md): figures from a run that is not quiet measure the host.
 QUIET_HOST_MAX_STEAL = 0.005
 #: How long the server may take to settle after the load stops before leaks are counted (s).
 SETTLE_MAX_S = 5.0
