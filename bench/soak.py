@@ -113,7 +113,7 @@ DEFAULT_SHARDS = 8
 #: not stop that: a woken process still waited up to 4 ms for a nice-10 shard process to
 #: finish its time slice (``perf sched latency``), while a ``SCHED_IDLE`` one is preempted at
 #: once. The shards still get the half core they need from the idle time. Measured
-#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 3.0-4.1 ms with ``idle``
+#: (bench/RESULTS.md, overload soak, 2026-12-01 evening): shed p99 3.0-4.4 ms with ``idle``
 #: against 4.9-6.3 ms with ``low``, each in runs with under 0.5% VM steal, admitted
 #: throughput the same.
 SHARD_PRIORITIES = ("idle", "low", "normal")
@@ -146,7 +146,7 @@ SHED_P99_TARGET_MS = 5.0
 RECOVERY_TARGET_S = 2.0
 RSS_GROWTH_TARGET_MB = 64.0
 #: VM steal during the overload below which the host counts as quiet (``quiet_host``): in
-#: this project's runs, every one under 0.35% met the shed target and seven of eight over
+#: this project's runs, all seven under 0.5% met the shed target and seven of eight over
 #: 0.85% missed it (bench/RESULTS.md): figures from a run that is not quiet measure the host.
 QUIET_HOST_MAX_STEAL = 0.005
 #: How long the server may take to settle after the load stops before leaks are counted (s).
