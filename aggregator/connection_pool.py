@@ -443,15 +443,8 @@ class ConnectionPool:
         if self._closed:
             raise RuntimeError("ConnectionPool is closed")
         origin = self._origin(url)
-        while origin.idle:
-            connection = origin.idle.pop()
-            connection.unpark()
-            # Parked from inside the parser's callback, so bytes after the reply in the same
-            # read (a second reply) were seen after parking: they left it not reusable.
-            if connection.alive() and connection.reusable:
-                break
-            connection.close()
-        else:
+        connection = self._take_idle(origin)
+        if connection is None:
             return False
 
         def settled(reply: HttpReply | None, exc: BaseException | None) -> None:
@@ -469,6 +462,19 @@ class ConnectionPool:
         connection.begin(request, max_body_bytes, max_error_body_bytes, _CallbackWaiter(settled))
         return True
 
+    def _take_idle(self, origin: _Origin) -> _Connection | None:
+        """The most recently parked connection to ``origin`` still fit to reuse, if any;
+        the unfit ones found on the way are closed."""
+        while origin.idle:
+            connection = origin.idle.pop()
+            connection.unpark()
+            # A connection parked from inside the parser's callback (start_request) saw any
+            # bytes after its reply (a second reply) only then: they left it not reusable.
+            if connection.alive() and connection.reusable:
+                return connection
+            connection.close()
+        return None
+
     def _origin(self, url: str) -> _Origin:
         origin = self._origins.get(url)
         if origin is None:
@@ -480,12 +486,9 @@ class ConnectionPool:
         while True:
             if self._closed:
                 raise RuntimeError("ConnectionPool is closed")
-            while origin.idle:
-                connection = origin.idle.pop()
-                connection.unpark()
-                if connection.alive():
-                    return connection, True
-                connection.close()
+            connection = self._take_idle(origin)
+            if connection is not None:
+                return connection, True
             if origin.open < self.max_per_origin and (
                 len(self._connections) < self.max_total or self._close_one_idle()
             ):

@@ -49,7 +49,7 @@ from aggregator.admission import AdmissionQueue
 from aggregator.errors import Overloaded
 from aggregator.wire import dump_json, error_to_dict
 
-__all__ = ["HTTP_ERROR_TYPES", "EarlyShed", "ServiceAppRunner", "parser_reason"]
+__all__ = ["HTTP_ERROR_TYPES", "DateLine", "EarlyShed", "ServiceAppRunner", "parser_reason"]
 
 #: Error type names of the HTTP statuses the service answers itself.
 HTTP_ERROR_TYPES = {
@@ -78,6 +78,24 @@ _CONNECTION_HEADERS = (
 )
 
 
+class DateLine:
+    """The ``Date`` header line (``Date: ...\r\n``), rebuilt once a second; the same bytes
+    object until the second changes, so a caller may cache replies by its identity."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now_s = int(time.time())
+        if now_s != self._second:
+            self._second = now_s
+            self._line = b"Date: " + formatdate(now_s, usegmt=True).encode("ascii") + b"\r\n"
+        return self._line
+
+
 class EarlyShed:
     """The 503 for a ``/search`` arriving now, when admission would refuse any arrival.
 
@@ -85,14 +103,14 @@ class EarlyShed:
     are cached by reason and ``Retry-After``, and rebuilt when the ``Date`` second changes.
     """
 
-    __slots__ = ("_cache", "_date", "_date_s", "on_shed", "queue")
+    __slots__ = ("_cache", "_date", "_dates", "on_shed", "queue")
 
     def __init__(self, queue: AdmissionQueue, on_shed: Callable[[], None]) -> None:
         self.queue = queue
         self.on_shed = on_shed
         self._cache: dict[tuple[str, int], bytes] = {}
+        self._dates = DateLine()
         self._date = b""
-        self._date_s = -1
 
     def reply(self) -> bytes | None:
         """The whole HTTP 503 response if an arrival now is refused (and counted), else None."""
@@ -101,10 +119,9 @@ class EarlyShed:
             return None
         self.on_shed()
         retry_after_s = max(1, math.ceil(self.queue.retry_after_s()))
-        now_s = int(time.time())
-        if now_s != self._date_s:
-            self._date_s = now_s
-            self._date = formatdate(now_s, usegmt=True).encode("ascii")
+        date = self._dates.line()
+        if date is not self._date:
+            self._date = date
             self._cache.clear()
         key = (reason, retry_after_s)
         response = self._cache.get(key)
@@ -116,7 +133,7 @@ class EarlyShed:
                     b"Content-Type: application/json\r\n",
                     b"Retry-After: %d\r\n" % retry_after_s,
                     b"Content-Length: %d\r\n" % len(body),
-                    b"Date: ", self._date, b"\r\n\r\n",
+                    self._date, b"\r\n",
                     body,
                 )
             )  # fmt: skip

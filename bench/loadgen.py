@@ -304,8 +304,9 @@ class _Run:
         self.now_s = now_s
         self.offsets = offsets
         self.inflight: set[asyncio.Task[None]] = set()
-        # Requests started without a task (StartsAtOnce) and not ended yet; set when none
-        # of either kind is left, and, once closed, late endings are ignored (abandoned).
+        # Requests started without a task (StartsAtOnce) and not ended yet; none_left is set
+        # whenever no request of either kind is left; once closed, late endings are ignored
+        # (those requests stay abandoned).
         self.started = 0
         self.none_left = asyncio.Event()
         self.closed = False
@@ -354,6 +355,14 @@ class _Run:
             return
         self.started -= 1
         self.record(index, intended_s, sent_s, outcome)
+        self._note_if_none_left()
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        """A request's task ended."""
+        self.inflight.discard(task)
+        self._note_if_none_left()
+
+    def _note_if_none_left(self) -> None:
         if not self.started and not self.inflight:
             self.none_left.set()
 
@@ -417,18 +426,17 @@ async def run_load(
             else:
                 task = loop.create_task(run.one(index, intended_s, sent_s))
                 run.inflight.add(task)
-                task.add_done_callback(run.inflight.discard)
+                task.add_done_callback(run.task_done)
             if on_progress is not None and (index % progress_every == 0 or index == total - 1):
                 on_progress(index + 1, total)
         r.send_window_s = max(clock() - start_s, float(offsets[-1]))
         if run.inflight or run.started:
             run.none_left.clear()
-            drained = loop.create_task(_drain(run))
             try:
-                await asyncio.wait((drained,), timeout=spec.drain_s)
-            finally:
-                drained.cancel()
-                await asyncio.gather(drained, return_exceptions=True)
+                async with asyncio.timeout(spec.drain_s):
+                    await run.none_left.wait()
+            except TimeoutError:
+                pass  # what is still running is abandoned below
     finally:
         run.closed = True  # requests started at once and still running stay abandoned
         leftovers = list(run.inflight)
@@ -468,16 +476,6 @@ async def _fill_histograms(r: LoadResult, lag_s: npt.NDArray[np.float64]) -> Non
         for start in range(0, len(values), _FILL_SLICE):
             histogram.record_many_s(values[start : start + _FILL_SLICE])
             await asyncio.sleep(0)
-
-
-async def _drain(run: _Run) -> None:
-    """Until every request of ``run`` has ended, of both kinds."""
-    while run.inflight or run.started:
-        if run.inflight:
-            await asyncio.wait(set(run.inflight))
-        else:
-            run.none_left.clear()
-            await run.none_left.wait()
 
 
 # -- HTTP ----------------------------------------------------------------------------------

@@ -40,15 +40,13 @@ shape, type ``MalformedHttp``, and the connection closed: its parser state is un
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final, cast
 
 import httptools
 
-from aggregator.http_protocol import parser_reason
+from aggregator.http_protocol import DateLine, parser_reason
 from shards.server import DEADLINE_HEADER, ShardResponse, ShardService, error_response
 
 __all__ = [
@@ -104,23 +102,6 @@ class _Request:
         self.arrived_at_s = arrived_at_s
 
 
-class _Dates:
-    """The ``Date`` header line, rebuilt once a second."""
-
-    __slots__ = ("_line", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
-
-    def line(self) -> bytes:
-        now_s = int(time.time())
-        if now_s != self._second:
-            self._second = now_s
-            self._line = b"Date: " + formatdate(now_s, usegmt=True).encode("ascii") + b"\r\n"
-        return self._line
-
-
 class ShardHttpServer:
     """One listening socket serving a :class:`~shards.server.ShardService` over HTTP/1.1.
 
@@ -161,7 +142,7 @@ class ShardHttpServer:
         self.max_pipelined = max_pipelined
         self.keepalive_s = keepalive_s
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.dates = _Dates()
+        self.dates = DateLine()
         self._port = port
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()

@@ -97,7 +97,10 @@ def test_the_shard_process_is_scheduled_below_the_aggregator(priority: str) -> N
     niceness 10, ``normal`` leaves it alone; none needs a privilege."""
     from bench.soak import _deprioritise
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # A child that waits for its stdin to close: alive for exactly as long as the test needs.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     try:
         _deprioritise(child.pid, priority)
         nice = os.getpriority(os.PRIO_PROCESS, child.pid)
@@ -109,5 +112,6 @@ def test_the_shard_process_is_scheduled_below_the_aggregator(priority: str) -> N
         else:
             assert nice == os.getpriority(os.PRIO_PROCESS, 0)
     finally:
-        child.kill()
+        assert child.stdin is not None
+        child.stdin.close()
         child.wait()
